@@ -1,0 +1,119 @@
+"""Sparse linear layer vs dense PyTorch: the paper's layer, forward and backward.
+
+Weight 3072x768 (out x in), input 902x768, float32, uniform random sparsity.
+For each thread count and sparsity it times, in the same process run:
+  dense   torch.nn.functional.linear forward, and the autograd backward
+          (grad of X and W, as in training)
+  sparse  sparseprop.linear_forward / linear_backward (dX and dW at nonzeros)
+and prints speedup = dense time / sparse time, plus useful GFLOP/s
+(2 * nnz * batch per product for sparse, 2 * out * in * batch for dense).
+
+Run:  python benchmarks/bench_linear.py [--threads 1 2] [--sparsities ...]
+Takes about 1-2 minutes on 2 cores.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, median_time, write_results  # noqa: E402
+
+# The reference implementation's speedups over dense torch, measured on this
+# machine kind and given in the foundation issue (fwd, bwd), for comparison.
+REFERENCE = {
+    1: {0.8: (1.07, 1.13), 0.9: (2.02, 2.03), 0.95: (3.71, 3.46), 0.98: (7.0, 6.1),
+        0.99: (11.2, 8.4)},
+    2: {0.8: (1.07, 0.86), 0.9: (1.93, 1.33), 0.95: (2.97, 2.02), 0.98: (4.74, 3.07),
+        0.99: (6.10, 3.84)},
+}
+
+
+def run(threads, sparsities, batch=902, n_in=768, n_out=3072, repeats=15, seed=0):
+    import torch
+    import torch.nn.functional as F
+
+    import sparseprop as sp
+
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((batch, n_in), dtype=np.float32)
+    dY = rng.standard_normal((batch, n_out), dtype=np.float32)
+    bias = rng.standard_normal(n_out, dtype=np.float32)
+    rows = []
+    for T in threads:
+        torch.set_num_threads(T)
+        Xt = torch.from_numpy(X).requires_grad_(True)
+        dYt = torch.from_numpy(dY)
+        for s in sparsities:
+            Wd = rng.standard_normal((n_out, n_in), dtype=np.float32)
+            Wd[rng.random((n_out, n_in)) < s] = 0.0
+            W = sp.CSRMatrix.from_dense(Wd)
+            Wt = torch.from_numpy(Wd).requires_grad_(True)
+            bt = torch.from_numpy(bias).requires_grad_(True)
+
+            with torch.no_grad():
+                t_dense_fwd = median_time(lambda: F.linear(Xt, Wt, bt), repeats=repeats)
+            Yt = F.linear(Xt, Wt, bt)
+            t_dense_bwd = median_time(
+                lambda: torch.autograd.grad(Yt, (Xt, Wt, bt), dYt, retain_graph=True),
+                repeats=repeats)
+            t_sp_fwd = median_time(lambda: sp.linear_forward(X, W, bias, n_threads=T),
+                                   repeats=repeats)
+            t_sp_bwd = median_time(lambda: sp.linear_backward(X, W, dY, n_threads=T),
+                                   repeats=repeats)
+            flops_sparse = 2.0 * W.nnz * batch
+            flops_dense = 2.0 * n_in * n_out * batch
+            ref = REFERENCE.get(T, {}).get(s)
+            rows.append({
+                "threads": T, "sparsity": s, "nnz": W.nnz,
+                "dense_fwd_ms": 1e3 * t_dense_fwd, "dense_bwd_ms": 1e3 * t_dense_bwd,
+                "sparse_fwd_ms": 1e3 * t_sp_fwd, "sparse_bwd_ms": 1e3 * t_sp_bwd,
+                "speedup_fwd": t_dense_fwd / t_sp_fwd, "speedup_bwd": t_dense_bwd / t_sp_bwd,
+                "gflops_sparse_fwd": flops_sparse / t_sp_fwd / 1e9,
+                "gflops_sparse_bwd": 2 * flops_sparse / t_sp_bwd / 1e9,
+                "gflops_dense_fwd": flops_dense / t_dense_fwd / 1e9,
+                "gflops_dense_bwd": 2 * flops_dense / t_dense_bwd / 1e9,
+                "reference_speedup_fwd": ref[0] if ref else None,
+                "reference_speedup_bwd": ref[1] if ref else None,
+            })
+            print(_format_row(rows[-1]), flush=True)
+    return rows
+
+
+HEADER = ("threads sparsity | dense fwd/bwd ms | sparse fwd/bwd ms | speedup fwd/bwd "
+          "| GFLOP/s sparse fwd/bwd (dense) | reference speedup fwd/bwd")
+
+
+def _format_row(r):
+    ref = (f"{r['reference_speedup_fwd']:.2f}/{r['reference_speedup_bwd']:.2f}"
+           if r["reference_speedup_fwd"] else "-")
+    return (f"{r['threads']:>7} {r['sparsity']:>8.2f} | {r['dense_fwd_ms']:7.2f}/{r['dense_bwd_ms']:7.2f}"
+            f" | {r['sparse_fwd_ms']:7.2f}/{r['sparse_bwd_ms']:7.2f}"
+            f" | {r['speedup_fwd']:6.2f}x/{r['speedup_bwd']:6.2f}x"
+            f" | {r['gflops_sparse_fwd']:5.1f}/{r['gflops_sparse_bwd']:5.1f}"
+            f" ({r['gflops_dense_fwd']:5.1f}/{r['gflops_dense_bwd']:5.1f})"
+            f" | {ref}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--sparsities", type=float, nargs="+",
+                   default=[0.8, 0.9, 0.95, 0.98, 0.99])
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--batch", type=int, default=902)
+    p.add_argument("--out", default="linear", help="results/<out>.json ('' to skip)")
+    args = p.parse_args(argv)
+    info = machine_info()
+    print(f"# sparse linear 3072x768, batch {args.batch}, float32 - {info['cpu']}, "
+          f"ISA {info['isa']}, load {info['loadavg_1min']}")
+    print(HEADER)
+    rows = run(args.threads, args.sparsities, batch=args.batch, repeats=args.repeats)
+    if args.out:
+        path = write_results(args.out, {"machine": info, "rows": rows})
+        print(f"# wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+/* linear.h - kernels of the sparse linear layer (the paper's section 3.2).
+ *
+ * Semantics are those of torch.nn.functional.linear with a sparse weight W of
+ * shape (N, M) = (out_features, in_features):
+ *     forward        Y  = X W^T (+ bias)             X: (B, M), Y: (B, N)
+ *     backward  dX = dY W                             (SpMM)
+ *               dW = (dY^T X) at W's nonzeros only    (SDDMM)
+ *
+ * One call handles one *chunk* of at most `chunk` batch rows (sp_linear_info).
+ * Each chunk of X and dY is transposed into a small cache-resident buffer
+ * (batch last) so SIMD lanes run over the batch:
+ *   - forward is output-stationary: for each output row n the chunk of Y^T[n]
+ *     stays in registers across the row's nonzeros (CSR order);
+ *   - backward walks W by columns (a CSC copy of the structure, each column's
+ *     list padded to a multiple of 8 with dummies that point at an all-zero
+ *     row N of dY^T): X^T[m] and the dX^T[m] accumulator stay in registers for
+ *     the whole column, and each loaded dY^T[n] feeds both the dX FMA and the
+ *     dW dot product.  dW partials of 8 nonzeros are reduced together.
+ * The caller (sparseprop/_linear.pyx) owns threading: tasks own disjoint
+ * chunks (and, when chunks are scarce, disjoint row/column ranges) and write
+ * dW into per-task partial buffers summed afterwards - no atomics, no
+ * barriers inside a pass.
+ */
+#ifndef SPARSEPROP_LINEAR_H
+#define SPARSEPROP_LINEAR_H
+
+#include "sparseprop/common.h"
+
+/* Column lists in the backward structure are padded to a multiple of this. */
+#define SP_LINEAR_PAD 8
+
+typedef struct {
+    const void* X;          /* chunk's first row of X; rows are ldx apart     */
+    int64_t ldx;
+    void* Y;                /* chunk's first row of Y; rows are ldy apart     */
+    int64_t ldy;
+    const void* bias;       /* (N,) or NULL                                   */
+    int64_t rows;           /* rows in this chunk, 1..chunk                   */
+    int64_t M, N;           /* in_features, out_features                      */
+    int64_t row_begin;      /* this task computes outputs [row_begin,row_end) */
+    int64_t row_end;
+    const int64_t* indptr;  /* CSR of W: (N+1,)                               */
+    const int32_t* indices; /* (nnz,) column of each nonzero                  */
+    const void* vals;       /* (nnz,)                                         */
+    void* scratch;          /* sp_linear_fwd_scratch(...) elements, per task  */
+} sp_linear_fwd_args;
+
+typedef struct {
+    const void* X;          /* chunk's first row of X                         */
+    int64_t ldx;
+    const void* dY;         /* chunk's first row of dY                        */
+    int64_t lddy;
+    void* dX;               /* chunk's first row of dX, or NULL: no dX        */
+    int64_t lddx;
+    int64_t rows;           /* rows in this chunk, 1..chunk                   */
+    int64_t M, N;
+    int64_t col_begin;      /* this task handles columns [col_begin,col_end)  */
+    int64_t col_end;
+    const int64_t* colptr;  /* padded CSC of W: (M+1,), multiples of 8 apart  */
+    const int32_t* rowidx;  /* (nnz_pad,), dummies hold N                     */
+    const void* vals;       /* (nnz_pad,) values in padded CSC order, dummy 0 */
+    void* dW;               /* (nnz_pad,) accumulated (+=) in padded order    */
+    void* scratch;          /* sp_linear_bwd_scratch(...) elements, per task  */
+} sp_linear_bwd_args;
+
+typedef void (*sp_linear_fwd_fn)(const sp_linear_fwd_args*);
+typedef void (*sp_linear_bwd_fn)(const sp_linear_bwd_args*);
+
+typedef struct {
+    sp_linear_fwd_fn fwd;
+    sp_linear_bwd_fn bwd;
+    int64_t chunk;  /* batch rows per call */
+} sp_linear_kernels;
+
+/* Output rows per forward tile (transposed into Y together). */
+#define SP_LINEAR_FWD_TILE 16
+
+/* Scratch (in elements of the dtype) one task needs. */
+SP_INLINE int64_t sp_linear_fwd_scratch(int64_t chunk, int64_t M)
+{
+    return chunk * M + chunk * SP_LINEAR_FWD_TILE;
+}
+SP_INLINE int64_t sp_linear_bwd_scratch(int64_t chunk, int64_t M, int64_t N)
+{
+    return chunk * M /* X^T */ + chunk * (N + 1) /* dY^T + zero row */ + chunk * M /* dX^T */;
+}
+
+/* ---- instantiations: chunk = SP_CV vectors of batch lanes ---------------- */
+#define SP_CUR_ISA SP_ISA_SCALAR
+#define SP_CUR_F64 0
+#define SP_CV 8
+#include "sparseprop/simd_begin.h"
+#include "sparseprop/linear_impl.h"
+#include "sparseprop/simd_end.h"
+#undef SP_CV
+#define SP_CUR_ISA SP_ISA_SCALAR
+#define SP_CUR_F64 1
+#define SP_CV 8
+#include "sparseprop/simd_begin.h"
+#include "sparseprop/linear_impl.h"
+#include "sparseprop/simd_end.h"
+#undef SP_CV
+
+#if SP_X86
+#define SP_CUR_ISA SP_ISA_AVX2
+#define SP_CUR_F64 0
+#define SP_CV 2
+#include "sparseprop/simd_begin.h"
+#include "sparseprop/linear_impl.h"
+#include "sparseprop/simd_end.h"
+#undef SP_CV
+#define SP_CUR_ISA SP_ISA_AVX2
+#define SP_CUR_F64 1
+#define SP_CV 2
+#include "sparseprop/simd_begin.h"
+#include "sparseprop/linear_impl.h"
+#include "sparseprop/simd_end.h"
+#undef SP_CV
+#define SP_CUR_ISA SP_ISA_AVX512
+#define SP_CUR_F64 0
+#define SP_CV 3
+#include "sparseprop/simd_begin.h"
+#include "sparseprop/linear_impl.h"
+#include "sparseprop/simd_end.h"
+#undef SP_CV
+#define SP_CUR_ISA SP_ISA_AVX512
+#define SP_CUR_F64 1
+#define SP_CV 4
+#include "sparseprop/simd_begin.h"
+#include "sparseprop/linear_impl.h"
+#include "sparseprop/simd_end.h"
+#undef SP_CV
+#endif
+
+/* Kernels for an ISA (already capped by the caller) and dtype (0: f32). */
+SP_INLINE sp_linear_kernels sp_linear_select(int isa, int is_f64)
+{
+    sp_linear_kernels k;
+#if SP_X86
+    if (isa >= SP_ISA_AVX512) {
+        if (is_f64) {
+            k.fwd = sp_linear_fwd_f64_avx512; k.bwd = sp_linear_bwd_f64_avx512; k.chunk = sp_linear_chunk_f64_avx512();
+        } else {
+            k.fwd = sp_linear_fwd_f32_avx512; k.bwd = sp_linear_bwd_f32_avx512; k.chunk = sp_linear_chunk_f32_avx512();
+        }
+        return k;
+    }
+    if (isa == SP_ISA_AVX2) {
+        if (is_f64) {
+            k.fwd = sp_linear_fwd_f64_avx2; k.bwd = sp_linear_bwd_f64_avx2; k.chunk = sp_linear_chunk_f64_avx2();
+        } else {
+            k.fwd = sp_linear_fwd_f32_avx2; k.bwd = sp_linear_bwd_f32_avx2; k.chunk = sp_linear_chunk_f32_avx2();
+        }
+        return k;
+    }
+#endif
+    if (is_f64) {
+        k.fwd = sp_linear_fwd_f64_scalar; k.bwd = sp_linear_bwd_f64_scalar; k.chunk = sp_linear_chunk_f64_scalar();
+    } else {
+        k.fwd = sp_linear_fwd_f32_scalar; k.bwd = sp_linear_bwd_f32_scalar; k.chunk = sp_linear_chunk_f32_scalar();
+    }
+    return k;
+}
+
+#endif /* SPARSEPROP_LINEAR_H */

@@ -1,0 +1,58 @@
+"""sparseprop: fast training of neural networks with unstructured sparse weights on CPUs.
+
+An implementation of SparseProp (Nikdan et al., 2023): forward and backward
+passes whose cost grows with the number of nonzero weights, not the dense
+size.  The NumPy-level API is the core; ``sparseprop.torch`` is an optional
+façade on top of it.
+
+Quick start::
+
+    import numpy as np, sparseprop as sp
+    W = sp.CSRMatrix.from_dense(dense_weight)          # (out, in), float32
+    Y = sp.linear_forward(X, W, bias)                  # like F.linear
+    dX, dW = sp.linear_backward(X, W, dY)              # dW aligned with W.data
+"""
+from sparseprop._config import openmp_enabled
+from sparseprop._formats import CSCMatrix, CSRMatrix
+from sparseprop._linear import linear_backward, linear_forward
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CSCMatrix",
+    "CSRMatrix",
+    "__version__",
+    "config",
+    "linear_backward",
+    "linear_forward",
+    "openmp_enabled",
+    "show_config",
+]
+
+
+def config():
+    """The build and run-time configuration as a dict (what :func:`show_config` prints)."""
+    import platform
+
+    import numpy as np
+
+    from sparseprop import _config
+
+    isa = _config.isa_info()
+    return {
+        "version": __version__,
+        "isa": isa["isa"],
+        "isa_cpu_best": isa["cpu_best"],
+        "isa_cap (SPARSEPROP_ISA)": isa["cap"] or "none",
+        "openmp": _config.openmp_enabled(),
+        "default_threads": _config.default_n_threads(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+    }
+
+
+def show_config():
+    """Print the version, the chosen ISA, whether OpenMP is on and the default thread count."""
+    for key, value in config().items():
+        print(f"{key:>26}: {value}")

@@ -1,0 +1,82 @@
+"""Input validation shared by the NumPy-level API.
+
+Every check names the argument, what was expected and what was received, so
+no malformed input reaches a kernel and no user ever sees a Cython buffer
+error.
+"""
+import threading
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_float_array(x, name, dtype):
+    """``x`` as an ndarray of exactly ``dtype`` (no silent casts)."""
+    if type(x).__module__.startswith("torch"):
+        raise TypeError(
+            f"{name} is a torch.Tensor; the NumPy API takes arrays (use tensor.numpy(), "
+            "or the layers in sparseprop.torch)"
+        )
+    arr = np.asarray(x)
+    if arr.dtype != dtype:
+        if arr.dtype in FLOAT_DTYPES:
+            raise TypeError(
+                f"{name} has dtype {arr.dtype} but the weight has dtype {dtype}; "
+                f"convert one of them (e.g. {name}.astype(np.{dtype}))"
+            )
+        raise TypeError(f"{name} must have dtype {dtype} (like the weight); got {arr.dtype}")
+    return arr
+
+
+def rows_view(arr, name):
+    """A 2-D view (rows, cols) of ``arr`` whose last axis is contiguous.
+
+    Leading axes are flattened into rows; the row stride may be anything
+    (negative too).  Copies only when no such view exists.
+    """
+    if arr.ndim < 1:
+        raise ValueError(f"{name} must have at least 1 dimension; got a scalar")
+    cols = arr.shape[-1]
+    rows = int(np.prod(arr.shape[:-1], dtype=np.int64))
+    two_d = arr.reshape(rows, cols)  # a view when possible, else a copy
+    isz = two_d.itemsize
+    if two_d.shape[0] > 0 and cols > 0:
+        if (two_d.shape[1] > 1 and two_d.strides[1] != isz) or two_d.strides[0] % isz:
+            two_d = np.ascontiguousarray(two_d)
+    return two_d
+
+
+def row_stride(two_d):
+    """Row stride in elements of a rows_view result (anything when rows <= 1)."""
+    if two_d.shape[0] <= 1:
+        return two_d.shape[1]
+    return two_d.strides[0] // two_d.itemsize
+
+
+def check_bias(bias, n_out, dtype):
+    """None, or a contiguous (n_out,) array of ``dtype``."""
+    if bias is None:
+        return None
+    b = as_float_array(bias, "bias", dtype)
+    if b.shape != (n_out,):
+        raise ValueError(f"bias must have shape ({n_out},) (out_features); got {b.shape}")
+    return np.ascontiguousarray(b)
+
+
+_scratch_local = threading.local()
+
+
+def scratch(nbytes, align=64):
+    """A reusable, 64-byte aligned uint8 buffer of at least ``nbytes`` bytes.
+
+    One buffer per Python thread (so concurrent calls never share), kept
+    between calls to avoid paying page faults on every call.  Callers must not
+    hand it out: results are always fresh arrays.
+    """
+    buf = getattr(_scratch_local, "buf", None)
+    if buf is None or buf.nbytes < nbytes + align:
+        buf = np.empty(max(nbytes + align, 1 << 16), dtype=np.uint8)
+        _scratch_local.buf = buf
+    off = (-buf.ctypes.data) % align
+    return buf[off:off + nbytes]

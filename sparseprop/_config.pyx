@@ -1,0 +1,116 @@
+"""Build and run-time configuration: chosen ISA, OpenMP, thread defaults.
+
+The ISA is chosen once, when this module is imported: the best one the CPU
+supports, capped by the environment variable ``SPARSEPROP_ISA`` (``scalar``,
+``avx2`` or ``avx512``).  Every kernel module reads :data:`ISA` at its own
+import, so the cap must be set before ``import sparseprop``.
+"""
+import os
+
+from cython.parallel cimport prange, threadid
+from libc.stdlib cimport calloc, free
+
+cdef extern from "sparseprop/dispatch.h" nogil:
+    int SP_ISA_SCALAR
+    int SP_ISA_AVX2
+    int SP_ISA_AVX512
+    int sp_cpu_best_isa()
+    int sp_compiled_max_isa()
+
+cdef extern from "sparseprop/threads.h" nogil:
+    int SP_OPENMP
+    int sp_omp_max_threads()
+
+
+ISA_NAMES = ("scalar", "avx2", "avx512")
+
+
+def _isa_from_env():
+    """Return (cap, source) from SPARSEPROP_ISA; raise on a bad value."""
+    raw = os.environ.get("SPARSEPROP_ISA", "")
+    value = raw.strip().lower()
+    if value in ("", "auto", "best"):
+        return len(ISA_NAMES) - 1, None
+    if value not in ISA_NAMES:
+        raise ValueError(
+            f"SPARSEPROP_ISA={raw!r} is not one of {', '.join(ISA_NAMES)} "
+            "(or unset/'auto' for the best the CPU supports)"
+        )
+    return ISA_NAMES.index(value), raw
+
+
+#: Best ISA the CPU (and OS) support, as an index into ISA_NAMES.
+CPU_ISA = min(sp_cpu_best_isa(), sp_compiled_max_isa())
+_cap, ISA_CAP = _isa_from_env()
+#: ISA every kernel module uses in this process (index into ISA_NAMES).
+ISA = min(CPU_ISA, _cap)
+#: Its name: "scalar", "avx2" or "avx512".
+ISA_NAME = ISA_NAMES[ISA]
+
+
+def openmp_enabled():
+    """True if the extension was compiled with OpenMP (multi-threaded kernels).
+
+    A build without OpenMP still runs, on one thread; the tests fail loudly on
+    such a build so it can never be shipped by accident.
+    """
+    return bool(SP_OPENMP)
+
+
+
+def default_n_threads():
+    """Threads a kernel uses when called with ``n_threads=None``.
+
+    This is OpenMP's current default (``omp_get_max_threads``), so it follows
+    ``OMP_NUM_THREADS``, ``threadpoolctl.threadpool_limits(..., user_api="openmp")``
+    and ``torch.set_num_threads`` (torch's CPU wheel shares the same libgomp).
+    """
+    if not SP_OPENMP:
+        return 1
+    return int(sp_omp_max_threads())
+
+
+cpdef int resolve_n_threads(object n_threads) except -1:
+    """Validate an ``n_threads`` argument; None means :func:`default_n_threads`."""
+    if n_threads is None:
+        return default_n_threads()
+    if isinstance(n_threads, bool) or not hasattr(n_threads, "__index__"):
+        raise TypeError(
+            f"n_threads must be a positive integer or None; got {type(n_threads).__name__} "
+            f"{n_threads!r}"
+        )
+    n = n_threads.__index__()
+    if n < 1:
+        raise ValueError(f"n_threads must be a positive integer or None; got {n}")
+    return min(n, 1 << 16)
+
+
+def parallel_team_size(n_threads):
+    """Run an OpenMP region of ``n_threads`` threads; return how many took part.
+
+    A diagnostic for the tests: it is 1 on a build without OpenMP.
+    """
+    cdef int n = resolve_n_threads(n_threads)
+    cdef int* seen = <int*> calloc(n, sizeof(int))
+    cdef int i, count = 0
+    if seen == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            for i in prange(n, num_threads=n, schedule="static", chunksize=1):
+                seen[threadid()] = 1
+        for i in range(n):
+            count += seen[i]
+    finally:
+        free(seen)
+    return count
+
+
+def isa_info():
+    """A dict: the ISA chosen, what the CPU supports, and the cap applied."""
+    return {
+        "isa": ISA_NAME,
+        "cpu_best": ISA_NAMES[CPU_ISA],
+        "cap": ISA_CAP,
+        "available": list(ISA_NAMES[: CPU_ISA + 1]),
+    }

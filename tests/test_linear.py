@@ -1,0 +1,269 @@
+"""Sparse linear layer against dense references (NumPy / SciPy, float64)."""
+import os
+
+import numpy as np
+import pytest
+import scipy.sparse as sps
+
+import sparseprop as sp
+
+from helpers import TAIL_SIZES, random_sparse_dense, tolerances
+
+DTYPES = [np.float32, np.float64]
+
+
+def reference(X, Wd, dY, bias=None):
+    """Y, dX and the dense dW in float64, from the stored entries only.
+
+    SciPy's sparse products skip structural zeros, so NaN/Inf in X meet only
+    the weights that exist - the semantics sparseprop promises.
+    """
+    S = sps.csr_array(Wd.astype(np.float64))
+    rows = int(np.prod(X.shape[:-1]))
+    X64 = X.astype(np.float64).reshape(rows, Wd.shape[1])
+    Y = (S @ X64.T).T
+    if bias is not None:
+        Y = Y + bias
+    dX = dW_full = None
+    if dY is not None:
+        dY64 = dY.astype(np.float64).reshape(rows, Wd.shape[0])
+        dX = (S.T @ dY64.T).T
+        dW_full = dY64.T @ X64
+    return Y, dX, dW_full
+
+
+def at_nonzeros(W, dense):
+    """dense[i, j] for every stored (i, j) of W, in W.data order."""
+    if isinstance(W, sp.CSRMatrix):
+        rows = np.repeat(np.arange(W.shape[0]), np.diff(W.indptr))
+        return dense[rows, W.indices]
+    cols = np.repeat(np.arange(W.shape[1]), np.diff(W.indptr))
+    return dense[W.indices, cols]
+
+
+def check_layer(X, Wd, dY, W=None, bias=None, n_threads=None, need_input_grad=True):
+    dtype = Wd.dtype
+    W = sp.CSRMatrix.from_dense(Wd) if W is None else W
+    Y = sp.linear_forward(X, W, bias, n_threads=n_threads)
+    dX, dW = sp.linear_backward(X, W, dY, need_input_grad, n_threads=n_threads)
+    Yr, dXr, dWr_full = reference(X, Wd, dY, bias)
+    M, N = Wd.shape[1], Wd.shape[0]
+    rtol, atol = tolerances(dtype, M)
+    assert Y.dtype == dtype and Y.shape == X.shape[:-1] + (N,)
+    assert Y.flags.c_contiguous
+    rows = int(np.prod(X.shape[:-1]))
+    np.testing.assert_allclose(Y.reshape(rows, N), Yr, rtol=rtol, atol=atol)
+    rtol, atol = tolerances(dtype, N)
+    if need_input_grad:
+        assert dX.dtype == dtype and dX.shape == X.shape
+        np.testing.assert_allclose(dX.reshape(rows, M), dXr, rtol=rtol, atol=atol)
+    else:
+        assert dX is None
+    rtol, atol = tolerances(dtype, X.size // max(M, 1))
+    assert dW.dtype == dtype and dW.shape == (W.nnz,)
+    np.testing.assert_allclose(dW, at_nonzeros(W, dWr_full), rtol=rtol, atol=atol)
+    return Y, dX, dW
+
+
+def test_runs_under_requested_isa():
+    # When the ISA test module re-runs this file under SPARSEPROP_ISA, make
+    # sure the cap really took effect (else those runs would prove nothing).
+    want = os.environ.get("SPARSEPROP_ISA")
+    if want:
+        assert sp.config()["isa"] == want
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", TAIL_SIZES + [902])
+@pytest.mark.parametrize("n_in,n_out", [(1, 1), (7, 8), (8, 7), (15, 16), (16, 17), (17, 37),
+                                        (37, 15), (0, 5), (5, 0)])
+def test_shapes_hitting_simd_tails(dtype, batch, n_in, n_out, rng):
+    Wd = random_sparse_dense(rng, (n_out, n_in), 0.5, dtype)
+    X = rng.standard_normal((batch, n_in)).astype(dtype)
+    dY = rng.standard_normal((batch, n_out)).astype(dtype)
+    bias = rng.standard_normal(n_out).astype(dtype)
+    check_layer(X, Wd, dY, bias=bias)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.99, 1.0])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_sparsities_and_threads(dtype, sparsity, n_threads, rng):
+    Wd = random_sparse_dense(rng, (300, 200), sparsity, dtype)
+    X = rng.standard_normal((97, 200)).astype(dtype)
+    dY = rng.standard_normal((97, 300)).astype(dtype)
+    check_layer(X, Wd, dY, n_threads=n_threads)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 8, 50])
+@pytest.mark.parametrize("n_threads", [2, 3, 4])
+def test_few_chunks_split_rows_and_columns(dtype, batch, n_threads, rng):
+    # Fewer batch chunks than threads: tasks also split output rows (forward)
+    # and input columns (backward).
+    Wd = random_sparse_dense(rng, (517, 333), 0.3, dtype)
+    X = rng.standard_normal((batch, 333)).astype(dtype)
+    dY = rng.standard_normal((batch, 517)).astype(dtype)
+    check_layer(X, Wd, dY, n_threads=n_threads)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_rows_and_columns(dtype, rng):
+    Wd = random_sparse_dense(rng, (40, 30), 0.5, dtype)
+    Wd[::3] = 0       # empty output rows
+    Wd[:, 1::4] = 0   # empty input columns
+    Wd[:, -1] = 0
+    X = rng.standard_normal((19, 30)).astype(dtype)
+    dY = rng.standard_normal((19, 40)).astype(dtype)
+    bias = rng.standard_normal(40).astype(dtype)
+    Y, dX, _ = check_layer(X, Wd, dY, bias=bias)
+    np.testing.assert_array_equal(Y[:, ::3], np.broadcast_to(bias[::3], (19, 14)))
+    assert np.all(dX[:, 1::4] == 0) and np.all(dX[:, -1] == 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_leading_batch_dims_and_1d_input(dtype, rng):
+    Wd = random_sparse_dense(rng, (9, 6), 0.4, dtype)
+    check_layer(rng.standard_normal((2, 3, 5, 6)).astype(dtype), Wd,
+                rng.standard_normal((2, 3, 5, 9)).astype(dtype))
+    Y, dX, _ = check_layer(rng.standard_normal(6).astype(dtype), Wd,
+                           rng.standard_normal(9).astype(dtype))
+    assert Y.shape == (9,) and dX.shape == (6,)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_non_contiguous_and_read_only_inputs(dtype, rng):
+    Wd = random_sparse_dense(rng, (33, 20), 0.5, dtype)
+    big = rng.standard_normal((80, 40)).astype(dtype)
+    dbig = rng.standard_normal((80, 66)).astype(dtype)
+    views = [
+        (big[::2, :20], dbig[::2, :33]),            # row stride
+        (big[:40, ::2], dbig[:40, ::2]),            # column stride (copied)
+        (big[::-2, 5:25], dbig[::-2, 1:34]),        # negative row stride
+        (np.asfortranarray(big[:40, :20]), np.asfortranarray(dbig[:40, :33])),
+        (np.broadcast_to(big[0, :20], (17, 20)), np.broadcast_to(dbig[0, :33], (17, 33))),
+    ]
+    for X, dY in views:
+        check_layer(X, Wd, dY)
+    X, dY = big[:40, :20].copy(), dbig[:40, :33].copy()
+    X.flags.writeable = False
+    dY.flags.writeable = False
+    check_layer(X, Wd, dY)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_csc_weight_gives_gradients_in_its_own_order(dtype, rng):
+    Wd = random_sparse_dense(rng, (45, 28), 0.6, dtype)
+    X = rng.standard_normal((21, 28)).astype(dtype)
+    dY = rng.standard_normal((21, 45)).astype(dtype)
+    C = sp.CSCMatrix.from_dense(Wd)
+    _, _, dW_csc = check_layer(X, Wd, dY, W=C)
+    _, dW_csr = sp.linear_backward(X, sp.CSRMatrix.from_dense(Wd), dY)
+    np.testing.assert_allclose(C.to_csr().data, sp.CSRMatrix.from_dense(Wd).data)
+    perm = C._transposed_structure()[0]
+    np.testing.assert_allclose(dW_csc[perm], dW_csr, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_skipping_the_input_gradient(dtype, rng):
+    Wd = random_sparse_dense(rng, (60, 50), 0.8, dtype)
+    X = rng.standard_normal((70, 50)).astype(dtype)
+    dY = rng.standard_normal((70, 60)).astype(dtype)
+    _, _, dW = check_layer(X, Wd, dY, need_input_grad=False)
+    _, dW2 = sp.linear_backward(X, sp.CSRMatrix.from_dense(Wd), dY)
+    np.testing.assert_array_equal(dW, dW2)
+
+
+def test_nan_and_inf_meet_only_stored_weights(rng):
+    Wd = random_sparse_dense(rng, (12, 10), 0.5)
+    Wd[:, 3] = 0
+    Wd[0, 3] = 1.0       # only output row 0 reads input column 3
+    Wd[1, 4] = 0.0
+    X = rng.standard_normal((9, 10)).astype(np.float32)
+    X[2, 3] = np.nan
+    X[5, 4] = np.inf
+    dY = rng.standard_normal((9, 12)).astype(np.float32)
+    Y, dX, dW = check_layer(X, Wd, dY)
+    assert np.isnan(Y[2, 0]) and np.isfinite(np.delete(Y[2], 0)).all()
+    # an explicitly stored zero still multiplies: 0 * inf = nan, like dense math
+    W = sp.CSRMatrix(np.array([0.0], np.float32), [0], [0, 1], (1, 1))
+    assert np.isnan(sp.linear_forward(np.array([[np.inf]], np.float32), W)[0, 0])
+
+
+def test_zero_weight_gives_bias_and_zero_grads(rng):
+    W = sp.CSRMatrix.from_dense(np.zeros((5, 4), np.float32))
+    X = rng.standard_normal((3, 4)).astype(np.float32)
+    bias = np.arange(5, dtype=np.float32)
+    np.testing.assert_array_equal(sp.linear_forward(X, W, bias), np.tile(bias, (3, 1)))
+    dX, dW = sp.linear_backward(X, W, np.ones((3, 5), np.float32))
+    assert dW.shape == (0,) and np.all(dX == 0)
+
+
+def test_results_are_deterministic(rng):
+    Wd = random_sparse_dense(rng, (400, 300), 0.9)
+    X = rng.standard_normal((333, 300)).astype(np.float32)
+    dY = rng.standard_normal((333, 400)).astype(np.float32)
+    W = sp.CSRMatrix.from_dense(Wd)
+    for T in (1, 2):
+        first = sp.linear_backward(X, W, dY, n_threads=T)
+        y0 = sp.linear_forward(X, W, n_threads=T)
+        for _ in range(3):
+            again = sp.linear_backward(X, W, dY, n_threads=T)
+            np.testing.assert_array_equal(again[0], first[0])
+            np.testing.assert_array_equal(again[1], first[1])
+            np.testing.assert_array_equal(sp.linear_forward(X, W, n_threads=T), y0)
+
+
+def test_outputs_are_fresh_arrays(rng):
+    W = sp.CSRMatrix.from_dense(random_sparse_dense(rng, (20, 10), 0.5))
+    X = rng.standard_normal((30, 10)).astype(np.float32)
+    dY = rng.standard_normal((30, 20)).astype(np.float32)
+    Y1 = sp.linear_forward(X, W)
+    Y2 = sp.linear_forward(X, W)
+    assert not np.shares_memory(Y1, Y2)
+    dX1, dW1 = sp.linear_backward(X, W, dY)
+    dX2, dW2 = sp.linear_backward(X, W, dY)
+    assert not np.shares_memory(dX1, dX2) and not np.shares_memory(dW1, dW2)
+    assert not np.shares_memory(dW1, W.data)
+
+
+# ---------------------------------------------------------------- bad input
+
+def _layer(dtype=np.float32):
+    return sp.CSRMatrix.from_dense(np.eye(4, 3, dtype=dtype))
+
+
+@pytest.mark.parametrize("call,exc,msg", [
+    (lambda: sp.linear_forward(np.ones((2, 3), np.float32), np.eye(4, 3, dtype=np.float32)),
+     TypeError, "W must be a sparseprop.CSRMatrix or CSCMatrix; got ndarray"),
+    (lambda: sp.linear_forward(np.ones((2, 5), np.float32), _layer()),
+     ValueError, r"X has shape \(2, 5\); W \(shape \(4, 3\)\) expects \(..., 3\)"),
+    (lambda: sp.linear_forward(np.ones((2, 3), np.float64), _layer()),
+     TypeError, "X has dtype float64 but the weight has dtype float32"),
+    (lambda: sp.linear_forward(np.ones((2, 3), np.int32), _layer()),
+     TypeError, "X must have dtype float32 .like the weight.; got int32"),
+    (lambda: sp.linear_forward(np.float32(1.0), _layer()),
+     ValueError, r"X has shape \(\); W"),
+    (lambda: sp.linear_forward(np.ones((2, 3), np.float32), _layer(), np.ones(3, np.float32)),
+     ValueError, r"bias must have shape \(4,\) \(out_features\); got \(3,\)"),
+    (lambda: sp.linear_forward(np.ones((2, 3), np.float32), _layer(), np.ones(4)),
+     TypeError, "bias has dtype float64 but the weight has dtype float32"),
+    (lambda: sp.linear_backward(np.ones((2, 3), np.float32), _layer(), np.ones((2, 3), np.float32)),
+     ValueError, r"dY has shape \(2, 3\); expected \(2, 4\)"),
+    (lambda: sp.linear_backward(np.ones((2, 3), np.float32), _layer(), np.ones((2, 4))),
+     TypeError, "dY has dtype float64 but the weight has dtype float32"),
+    (lambda: sp.linear_forward(np.ones((2, 3), np.float32), _layer(), n_threads=0),
+     ValueError, "n_threads must be a positive integer or None; got 0"),
+    (lambda: sp.linear_backward(np.ones((2, 3), np.float32), _layer(), np.ones((2, 4), np.float32),
+                                n_threads=-2),
+     ValueError, "n_threads must be a positive integer or None; got -2"),
+])
+def test_bad_input_is_a_clear_error(call, exc, msg):
+    with pytest.raises(exc, match=msg):
+        call()
+
+
+def test_torch_tensors_are_pointed_to_the_facade():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="X is a torch.Tensor; the NumPy API takes arrays"):
+        sp.linear_forward(torch.ones(2, 3), _layer())
