@@ -169,12 +169,16 @@ def rigl_update_(layer, fraction, dense_grad, *, optimizer=None):
     positions not stored after the drop (a just-dropped position may come
     back; it restarts from zero).  Optimizer state follows the rules in the
     module documentation when ``optimizer`` is given.
+
+    Returns the (nnz,) map from new slots to the slots before the update
+    (-1 for grown ones).
     """
     n = int(round(float(fraction) * layer.nnz))
     if n <= 0:
-        return
-    layer.keep_largest_(layer.nnz - n, optimizer=optimizer)
-    layer.regrow_(n, dense_grad, optimizer=optimizer)
+        return torch.arange(layer.nnz)
+    dropped = layer.keep_largest_(layer.nnz - n, optimizer=optimizer)
+    grown = layer.regrow_(n, dense_grad, optimizer=optimizer)
+    return torch.where(grown >= 0, dropped[grown.clamp(min=0)], grown)
 
 
 def cubic_sparsity(step, final_sparsity, begin_step, end_step, initial_sparsity=0.0):
@@ -183,10 +187,10 @@ def cubic_sparsity(step, final_sparsity, begin_step, end_step, initial_sparsity=
     ``s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (t1 - t0))**3`` for
     ``t0 <= t <= t1``; ``s_i`` before ``t0`` and ``s_f`` after ``t1``.
     """
-    if step <= begin_step:
-        return float(initial_sparsity)
     if step >= end_step:
         return float(final_sparsity)
+    if step <= begin_step:
+        return float(initial_sparsity)
     frac = (step - begin_step) / (end_step - begin_step)
     return float(final_sparsity + (initial_sparsity - final_sparsity) * (1.0 - frac) ** 3)
 
