@@ -123,6 +123,21 @@ class SparsifyReport:
 
 # ---------------------------------------------------------------- timing
 
+def _deepcopy_model(model):
+    """copy.deepcopy that also works on modules pruned with torch.nn.utils.prune.
+
+    A pruned module keeps ``weight = weight_orig * weight_mask`` as a plain,
+    non-leaf attribute, which deepcopy refuses; the copy gets a detached clone
+    of it (its forward pre-hook recomputes it anyway).
+    """
+    memo = {}
+    for m in model.modules():
+        for name, value in vars(m).items():
+            if isinstance(value, torch.Tensor) and not value.is_leaf:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
 def _median_time(fn, repeats, warmup):
     """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
     for _ in range(warmup):
@@ -304,7 +319,7 @@ def sparsify(model, example_inputs=None, min_sparsity=0.8, autotune=True, inplac
         raise ValueError("example_inputs is needed when autotune=True (it gives each layer's "
                          "input shape); pass autotune=False to convert without timing")
     if not inplace:
-        model = copy.deepcopy(model)
+        model = _deepcopy_model(model)
     threads = torch.get_num_threads() if n_threads is None else int(n_threads)
     folder = Path(cache_dir) if cache_dir is not None else tuning_cache_dir()
     candidates, rows = [], []
@@ -398,7 +413,7 @@ def densify(model, inplace=False):
     if isinstance(model, _SparseLayer):
         return model.to_dense()
     if not inplace:
-        model = copy.deepcopy(model)
+        model = _deepcopy_model(model)
     for name, m in list(model.named_modules()):
         if isinstance(m, _SparseLayer):
             _set_submodule(model, name, m.to_dense())
