@@ -6,12 +6,11 @@ import pickle
 import pytest
 
 torch = pytest.importorskip("torch")
+from helpers import run_python  # noqa: E402
 from torch import nn  # noqa: E402
 
 import sparseprop.torch as spt  # noqa: E402
 from sparseprop.torch import _convert  # noqa: E402
-
-from helpers import run_python  # noqa: E402
 
 
 def test_import_sparseprop_does_not_import_torch():
@@ -224,3 +223,36 @@ def test_deepcopy_and_pickle():
     buf.seek(0)
     whole = torch.load(buf, weights_only=False)
     assert torch.equal(whole(x), model(x))
+
+
+needs_conv = pytest.mark.skipif(not spt.conv2d_available(),
+                                reason="sparseprop.conv2d_forward is not in this build yet")
+
+
+@needs_conv
+def test_sparsify_times_both_conv_algorithms(tmp_path, monkeypatch):
+    seen = []
+    real_time_layer = _convert._time_layer
+
+    def spy(dense, sparse, spec, repeats, warmup):
+        out = real_time_layer(dense, sparse, spec, repeats, warmup)
+        seen.append(out)
+        return out
+    monkeypatch.setattr(_convert, "_time_layer", spy)
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(32, 32, 3, stride=2, padding=1))
+    with torch.no_grad():
+        for m in (net[0], net[2]):
+            m.weight[torch.rand(m.weight.shape) < 0.95] = 0
+    x = torch.randn(8, 16, 14, 14).contiguous(memory_format=torch.channels_last)
+    model, report = spt.sparsify(net, x, cache_dir=tmp_path, repeats=3, warmup=1)
+    assert len(seen) == 2
+    for (_, t_sparse), name in zip(seen, ("0", "2"), strict=True):
+        assert set(t_sparse) == {"batch_last", "over_width"}
+        row = report[name]
+        assert row.algorithm == min(t_sparse, key=t_sparse.get)
+        layer = model.get_submodule(name)
+        if row.decision == "sparse":
+            assert layer.algorithm == row.algorithm
+    torch.testing.assert_close(model(x), net(x), rtol=1e-4, atol=1e-4)

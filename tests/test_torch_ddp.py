@@ -10,9 +10,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import sparseprop.torch as spt  # noqa: E402
-
 import ddp_worker  # noqa: E402  (tests/ is on sys.path, see conftest.py)
+
+import sparseprop.torch as spt  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 TIMEOUT_S = 180

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-import torch.nn.functional as F  # noqa: E402
 import torch.nn.utils.prune as prune  # noqa: E402
 from torch import nn  # noqa: E402
 

@@ -355,3 +355,26 @@ def test_global_scope_uses_one_threshold():
         assert torch.equal(kept, wi.abs() >= threshold)
     # the layers end up at different sparsities (uniform would give 0.7 each)
     assert model[0].weight_mask.mean() > 0.4 > 0.3 > model[2].weight_mask.mean()
+
+
+@needs_conv
+def test_dense_gradients_of_conv_and_reprune():
+    gen = torch.Generator().manual_seed(11)
+    conv = nn.Conv2d(4, 6, (3, 2), padding="same", dilation=(1, 1), groups=2)
+    with torch.no_grad():
+        conv.weight[torch.rand(conv.weight.shape, generator=gen) < 0.7] = 0
+    layer = spt.SparseConv2d.from_dense(conv)
+    x = torch.randn(3, 4, 7, 6, generator=gen)
+    target = torch.randn(3, 6, 7, 6, generator=gen)
+    with spt.DenseGradients(layer) as dg:
+        (layer(x) - target).square().sum().backward()
+    w = conv.weight.detach().clone().requires_grad_()
+    loss = (F.conv2d(F.pad(x, (0, 1, 1, 1)), w, conv.bias, groups=2) - target).square().sum()
+    (gw,) = torch.autograd.grad(loss, [w])
+    torch.testing.assert_close(dg[""], gw, rtol=1e-4, atol=1e-4)
+    # the sparse layer's own gradient is the dense one at its nonzeros
+    torch.testing.assert_close(layer.values.grad, gw[layer.mask()], rtol=1e-4, atol=1e-4)
+    spt.rigl_update_(layer, 0.25, dg[""])
+    layer.prune_(0.85)
+    assert layer.nnz == round(0.15 * 72)
+    torch.testing.assert_close(layer(x), layer.to_dense()(x), rtol=1e-5, atol=1e-5)

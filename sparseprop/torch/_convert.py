@@ -101,18 +101,21 @@ class SparsifyReport:
         raise KeyError(name)
 
     def __str__(self):
-        head = ("layer", "type", "weight shape", "sparsity", "dense ms", "sparse ms",
-                "speedup", "algorithm", "decision")
+        head = ("layer", "type", "weight shape", "input shape", "sparsity", "dense ms",
+                "sparse ms", "speedup", "algorithm", "decision")
+        def ms(v):
+            return "-" if v is None else f"{v:.3f}"
+
         rows = []
         for d in self.layers:
-            ms = (lambda v: "-" if v is None else f"{v:.3f}")
-            rows.append((d.name or "(model)", d.kind, "x".join(map(str, d.weight_shape)),
+            shape = "-" if d.input_shape is None else "x".join(map(str, d.input_shape))
+            rows.append((d.name or "(model)", d.kind, "x".join(map(str, d.weight_shape)), shape,
                          f"{100 * d.sparsity:.1f}%", ms(d.dense_ms), ms(d.sparse_ms),
                          "-" if d.speedup is None else f"{d.speedup:.2f}x",
                          d.algorithm or "-",
                          f"{d.decision} ({d.reason}{', cached' if d.cached else ''})"))
         widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-        fmt = "  ".join("{:<%d}" % w for w in widths)
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
         lines = [f"sparsify: {len(self.converted)} of {len(self.layers)} layers sparse "
                  f"(min_sparsity={self.min_sparsity}, autotune={self.autotune}, "
                  f"threads={self.threads}, isa={self.isa})",
@@ -132,7 +135,7 @@ def _deepcopy_model(model):
     """
     memo = {}
     for m in model.modules():
-        for name, value in vars(m).items():
+        for value in vars(m).values():
             if isinstance(value, torch.Tensor) and not value.is_leaf:
                 memo[id(value)] = value.detach().clone()
     return copy.deepcopy(model, memo)
