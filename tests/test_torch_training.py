@@ -378,3 +378,29 @@ def test_dense_gradients_of_conv_and_reprune():
     layer.prune_(0.85)
     assert layer.nnz == round(0.15 * 72)
     torch.testing.assert_close(layer(x), layer.to_dense()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_gradual_pruning_on_a_cnn():
+    torch.manual_seed(12)
+    gen = torch.Generator().manual_seed(12)
+    model = cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    pruner = spt.GradualMagnitudePruner(model, 0.9, end_step=4, frequency=1, optimizer=opt)
+    assert pruner.layer_names == ["2", "4"]  # first conv and last linear stay dense
+    x = torch.randn(4, 3, 8, 8, generator=gen)
+    y = torch.randint(0, 10, (4,), generator=gen)
+    for _ in range(6):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        pruner.step()
+    assert type(model[0]) is nn.Conv2d and not hasattr(model[0], "weight_mask")
+    for i in (2, 4):
+        if spt.conv2d_available():
+            assert isinstance(model[i], spt.SparseConv2d)
+            assert model[i].sparsity == pytest.approx(0.9, abs=0.01)
+        else:  # no sparse conv in this build: stays a pruned dense conv
+            assert type(model[i]) is nn.Conv2d
+            assert float(model[i].weight_mask.mean()) == pytest.approx(0.1, abs=0.01)
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {
+        id(p) for p in model.parameters()}

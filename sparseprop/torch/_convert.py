@@ -27,7 +27,7 @@ from torch import nn
 
 import sparseprop
 from sparseprop.torch._layers import SparseConv2d, SparseLinear, _SparseLayer, dense_weight_of
-from sparseprop.torch._masks import _set_submodule
+from sparseprop.torch._masks import _conv2d_available, _set_submodule
 
 __all__ = [
     "LayerDecision",
@@ -52,7 +52,7 @@ def tuning_cache_dir():
 
 def conv2d_available():
     """Whether this build of sparseprop has the sparse conv2d kernels."""
-    return hasattr(sparseprop, "conv2d_forward") and hasattr(sparseprop, "SparseConvWeight")
+    return _conv2d_available()
 
 
 @dataclasses.dataclass
