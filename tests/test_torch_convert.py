@@ -256,3 +256,27 @@ def test_sparsify_times_both_conv_algorithms(tmp_path, monkeypatch):
         if row.decision == "sparse":
             assert layer.algorithm == row.algorithm
     torch.testing.assert_close(model(x), net(x), rtol=1e-4, atol=1e-4)
+
+
+def test_sparsify_accepts_an_ao_sparsifier_model():
+    from torch.ao.pruning import WeightNormSparsifier
+
+    torch.manual_seed(4)
+    net = Net()
+    sparsifier = WeightNormSparsifier(sparsity_level=0.9, sparse_block_shape=(1, 1),
+                                      zeros_per_block=1)
+    sparsifier.prepare(net, [{"tensor_fqn": "body.2.weight"}])
+    sparsifier.step()
+    kept = int(net.body[2].parametrizations.weight[0].mask.sum())
+    assert kept == round(0.1 * 256 * 256)
+    sparse, report = spt.sparsify(net, autotune=False)
+    assert report.converted == ["body.2"]
+    assert isinstance(sparse.body[2], spt.SparseLinear) and sparse.body[2].nnz == kept
+    x = torch.randn(3, 32)
+    torch.testing.assert_close(sparse(x), net(x), rtol=1e-5, atol=1e-5)
+    # multi_head attention's out_proj (a Linear subclass) is never replaced
+    mha = nn.MultiheadAttention(8, 2)
+    with torch.no_grad():
+        mha.out_proj.weight.zero_()
+    _, report = spt.sparsify(mha, autotune=False)
+    assert report.layers == []

@@ -273,6 +273,20 @@ def _record_inputs(model, candidates, example_inputs):
     return specs
 
 
+def _plain_type(module):
+    """The module's class, seen through torch.nn.utils.parametrize's generated subclass.
+
+    Only exact nn.Linear / nn.Conv2d are converted: subclasses (such as
+    MultiheadAttention's ``out_proj``) may be used through their ``.weight``
+    rather than their forward.
+    """
+    cls = type(module)
+    if getattr(module, "parametrizations", None) is not None and cls.__name__.startswith(
+            "Parametrized"):
+        cls = cls.__bases__[0]
+    return cls
+
+
 def _to_sparse(module, n_threads, algorithm="auto"):
     if isinstance(module, nn.Linear):
         return SparseLinear.from_dense(module, n_threads=n_threads)
@@ -330,9 +344,7 @@ def sparsify(model, example_inputs=None, min_sparsity=0.8, autotune=True, inplac
         if isinstance(m, _SparseLayer):
             rows.append(LayerDecision(name, type(m).__name__, m.weight_shape, m.sparsity,
                                       "sparse", "already sparse"))
-        elif type(m) in (nn.Linear, nn.Conv2d):
-            # exact types only: subclasses (e.g. MultiheadAttention's out_proj)
-            # may be used through their .weight, not their forward
+        elif _plain_type(m) in (nn.Linear, nn.Conv2d):
             candidates.append((name, m))
     specs = {}
     if autotune:
@@ -443,7 +455,7 @@ def load_state_dict(model, state_dict, strict=True):
             if prefix + "weight" in state_dict and prefix + "indices" not in state_dict \
                     and name:
                 _set_submodule(model, name, m.to_dense())
-        elif type(m) in (nn.Linear, nn.Conv2d) and prefix + "indices" in state_dict:
+        elif _plain_type(m) in (nn.Linear, nn.Conv2d) and prefix + "indices" in state_dict:
             if not name:
                 raise ValueError("the model itself is a dense layer; build the sparse layer "
                                  "with SparseLinear/SparseConv2d.from_dense first")
