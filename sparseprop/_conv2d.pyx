@@ -160,7 +160,7 @@ def _check_groups(groups, W):
 def _geometry(x_shape, W, stride, padding, dilation, groups):
     """Validate the convolution options for input shape ``x_shape`` (C, H, W
     last); return (sh, sw, pt, pb, pl, pr, dh, dw, groups, OH, OW)."""
-    OC, ICg, KH, KW = W.shape
+    _, ICg, KH, KW = W.shape
     g = _check_groups(groups, W)
     sh, sw = _int_tuple(stride, "stride", 1, "positive (>= 1)")
     dh, dw = _int_tuple(dilation, "dilation", 1, "positive (>= 1)")
@@ -328,7 +328,7 @@ def _forward_offsets(SparseConvWeight W, plan):
     """(nnz,) int64 offset of each stored weight in the packed input (W.data order)."""
     xoff = plan.get("xoff")
     if xoff is None:
-        oc, ic, kr, kc = _global_ic(W, plan)
+        _, ic, kr, kc = _global_ic(W, plan)
         sw, U = plan["sw"], plan["U"]
         cw = kc * plan["dw"]
         xoff = (ic * plan["plane_x"] + kr * plan["dh"] * plan["rowlen_x"]
@@ -395,7 +395,7 @@ cdef void _fill_geom(sp_conv_geom* g, dict plan, int64_t B):
     g.plane_dy = plan["plane_dy"]
 
 
-def _nchw_view(A, name):
+def _nchw_view(A):
     """A 4-D view whose last axis is contiguous (copied if it is not), and its
     batch, channel and row strides in elements."""
     isz = A.itemsize
@@ -494,7 +494,7 @@ def conv2d_forward(X, W, bias=None, stride=1, padding=0, dilation=1, groups=1,
     """
     global _last_team
     dtype, X4, unbatched, geo = _prepare(X, W, stride, padding, dilation, groups, algorithm)
-    sh, sw, pt, pb, pl, pr, dh, dw, g, OH, OW = geo
+    sh, sw, pt, _pb, pl, _pr, dh, dw, g, OH, OW = geo
     cdef int64_t OC = W.shape[0]
     b = check_bias(bias, OC, dtype)
     cdef int T0 = _config.resolve_n_threads(n_threads)
@@ -509,7 +509,7 @@ def conv2d_forward(X, W, bias=None, stride=1, padding=0, dilation=1, groups=1,
     key = ("fwd-bwd", batch_last, L, C, H, Wd, OH, OW, sh, sw, pt, pl, dh, dw, g)
     plan = _plan(W, key, batch_last, L, C, H, Wd, OH, OW, sh, sw, pt, pl, dh, dw, g)
     xoff = _forward_offsets(W, plan)
-    Xv, sxb, sxc, sxh = _nchw_view(X4, "X")
+    Xv, sxb, sxc, sxh = _nchw_view(X4)
 
     cdef sp_conv_geom geom
     _fill_geom(&geom, plan, B)
@@ -602,7 +602,7 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
     """
     global _last_team
     dtype, X4, unbatched, geo = _prepare(X, W, stride, padding, dilation, groups, algorithm)
-    sh, sw, pt, pb, pl, pr, dh, dw, g, OH, OW = geo
+    sh, sw, pt, _pb, pl, _pr, dh, dw, g, OH, OW = geo
     cdef int64_t OC = W.shape[0]
     dYa = as_float_array(dY, "dY", dtype)
     cdef int64_t B = X4.shape[0], C = X4.shape[1], H = X4.shape[2], Wd = X4.shape[3]
@@ -632,8 +632,8 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
     plan = _plan(W, key, batch_last, L, C, H, Wd, OH, OW, sh, sw, pt, pl, dh, dw, g)
     perm, lptr, dyoff = _backward_lists(W, plan)
     vals = np.ascontiguousarray(W.data[perm])
-    Xv, sxb, sxc, sxh = _nchw_view(X4, "X")
-    dYv, syb, syc, syh = _nchw_view(dY4, "dY")
+    Xv, sxb, sxc, sxh = _nchw_view(X4)
+    dYv, syb, syc, syh = _nchw_view(dY4)
 
     cdef sp_conv_geom geom
     _fill_geom(&geom, plan, B)

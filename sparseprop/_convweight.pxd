@@ -17,6 +17,6 @@ cdef class SparseConvWeight:
     cdef object _kcol
     # dict shared by every weight built on the same (immutable) structure:
     # derived layouts and kernel plans cached per mask
-    cdef object _cache
+    cdef readonly object _cache
 
     cdef _init_checked(self, values, och, ich, krow, kcol, tuple shape, cache)

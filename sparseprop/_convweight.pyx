@@ -400,4 +400,3 @@ cdef class SparseConvWeight:
         """A dense ``torch.Tensor`` of ``shape`` (a copy), e.g. for ``conv.weight``."""
         import torch
         return torch.from_numpy(self.to_dense())
-
