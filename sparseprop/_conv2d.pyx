@@ -70,10 +70,14 @@ cdef extern from "sparseprop/conv.h" nogil:
     ctypedef void (*sp_conv_reduce_fn)(const void*, int64_t, int64_t, int64_t,
                                        const int64_t*, void*, int64_t, int64_t) noexcept nogil
 
+    ctypedef void (*sp_conv_gather_fn)(const void*, const int64_t*, void*, int64_t,
+                                       int64_t) noexcept nogil
+
     ctypedef struct sp_conv_kernels:
         sp_conv_fwd_fn fwd
         sp_conv_bwd_fn bwd
         sp_conv_reduce_fn reduce
+        sp_conv_gather_fn gather
         int64_t lanes
 
     sp_conv_kernels sp_conv_select(int isa, int is_f64)
@@ -631,7 +635,6 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
     key = ("fwd-bwd", batch_last, L, C, H, Wd, OH, OW, sh, sw, pt, pl, dh, dw, g)
     plan = _plan(W, key, batch_last, L, C, H, Wd, OH, OW, sh, sw, pt, pl, dh, dw, g)
     perm, lptr, dyoff = _backward_lists(W, plan)
-    vals = np.ascontiguousarray(W.data[perm])
     Xv, sxb, sxc, sxh = _nchw_view(X4)
     dYv, syb, syc, syh = _nchw_view(dY4)
 
@@ -656,8 +659,23 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
     cdef int64_t per_task = (sp_conv_bwd_scratch(&geom, n_ic, n_oc, need_dx) * itemsize
                              + 63) // 64 * 64
     cdef int64_t part = (nnz * L * itemsize + 63) // 64 * 64
-    buf = scratch(per_task * tasks + part * Tb)
+    cdef int64_t vals_bytes = (nnz * itemsize + 63) // 64 * 64
+    buf = scratch(per_task * tasks + part * tb_n + vals_bytes)
     dW = np.empty(nnz, dtype=dtype)
+    cdef char* sp = _ptr(buf)
+    cdef char* parts = sp + per_task * tasks
+    cdef char* vals_p = parts + part * tb_n
+    cdef const int64_t* perm_p = <const int64_t*> _ptr(perm)
+    cdef char* data_p = _ptr(W.data)
+    cdef sp_conv_gather_fn gather = K.gather
+    cdef int64_t t, tb, tc, k0, k1
+    cdef int Tr = T if nnz * L * Tb > 65536 else 1
+    with nogil:  # the values in list order (they change every training step)
+        if Tr == 1:
+            gather(data_p, perm_p, vals_p, 0, nnz)
+        else:
+            for t in prange(Tr, num_threads=Tr, schedule="static", chunksize=1):
+                gather(data_p, perm_p, vals_p, nnz * t // Tr, nnz * (t + 1) // Tr)
 
     cdef sp_conv_bwd_args args
     args.g = &geom
@@ -672,15 +690,11 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
     args.dX = _ptr(dX) if need_dx else NULL
     args.lptr = <const int64_t*> _ptr(lptr)
     args.dyoff = <const int64_t*> _ptr(dyoff)
-    args.vals = _ptr(vals)
+    args.vals = vals_p
     cdef const int64_t[::1] cb = ic_bounds
     cdef sp_conv_bwd_fn fn = K.bwd
     cdef sp_conv_reduce_fn red = K.reduce
-    cdef char* sp = _ptr(buf)
-    cdef char* parts = sp + per_task * tasks
-    cdef int64_t t, tb, tc, k0, k1
     cdef int team[1]
-    cdef int Tr = T if nnz * L * Tb > 65536 else 1
     team[0] = 1
     with nogil:
         if tasks == 1:
@@ -694,7 +708,6 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
                 fn(&args, n_units * tb // tb_n, n_units * (tb + 1) // tb_n, cb[tc], cb[tc + 1],
                    sp + t * per_task, parts + tb * part)
     _last_team = team[0]
-    cdef const int64_t* perm_p = <const int64_t*> _ptr(perm)
     cdef char* dW_p = _ptr(dW)
     cdef int64_t stride_el = part // itemsize
     with nogil:

@@ -52,7 +52,7 @@
 #include "sparseprop/common.h"
 
 /* Largest register tile: rows x vectors. */
-#define SP_CONV_MAX_R 4
+#define SP_CONV_MAX_R 7
 #define SP_CONV_MAX_NC 7
 
 typedef struct {
@@ -105,10 +105,15 @@ typedef void (*sp_conv_reduce_fn)(const void* dwv, int64_t stride, int64_t npart
                                   int64_t L, const int64_t* perm, void* dW,
                                   int64_t k0, int64_t k1);
 
+/* out[k] = data[perm[k]], k0 <= k < k1 */
+typedef void (*sp_conv_gather_fn)(const void* data, const int64_t* perm, void* out, int64_t k0,
+                                  int64_t k1);
+
 typedef struct {
     sp_conv_fwd_fn fwd;
     sp_conv_bwd_fn bwd;
     sp_conv_reduce_fn reduce;
+    sp_conv_gather_fn gather;
     int64_t lanes;
 } sp_conv_kernels;
 
@@ -185,6 +190,7 @@ SP_INLINE void sp_conv_pick_tile(int64_t units, int64_t cv, int maxacc, int* R, 
         k.fwd = sp_conv_fwd_##dt##_##isa;                                          \
         k.bwd = sp_conv_bwd_##dt##_##isa;                                          \
         k.reduce = sp_conv_reduce_##dt##_##isa;                                    \
+        k.gather = sp_conv_gather_##dt##_##isa;                                    \
         k.lanes = sp_conv_lanes_##dt##_##isa();                                    \
     } while (0)
 

@@ -13,7 +13,10 @@
 #define SP_CW_FMA(a, b, c) ((a) * (b) + (c))
 #define SP_CW_FWD_ACC 8
 #define SP_CW_BWD_ACC 4
+#define SP_CW_PIN(v) ((void)0)
 #else
+/* Keep a loaded vector in a register (an empty asm that "changes" it). */
+#define SP_CW_PIN(v) __asm__("" : "+x"(v))
 #if SP_CUR_F64
 #define SP_CW_V __m256d
 #define SP_CW_L 4
@@ -110,7 +113,8 @@ SP_ALWAYS_INLINE void SP_FN(sp_cw_bwd_body)(const SP_T* SP_RESTRICT xb, SP_T* SP
         SP_CW_V w0 = SP_CW_SET1(0), w1 = SP_CW_SET1(0);
         for (int r = 0; r < R; r++, p += dyrs)
             for (int c = 0; c < NC; c++) {
-                const SP_CW_V d = SP_CW_LOAD(p + c * SP_CW_L);
+                SP_CW_V d = SP_CW_LOAD(p + c * SP_CW_L);
+                SP_CW_PIN(d); /* one load feeding both FMAs (gcc would load twice) */
                 if (with_dx)
                     dx[r][c] = SP_CW_FMA(v, d, dx[r][c]);
                 if ((r * NC + c) & 1)
@@ -161,6 +165,9 @@ SP_CW_DEF_ROW(1)
 SP_CW_DEF_ROW(2)
 SP_CW_DEF_ROW(3)
 SP_CW_DEF_ROW(4)
+SP_CW_DEF_ROW(5)
+SP_CW_DEF_ROW(6)
+SP_CW_DEF_ROW(7)
 
 /* Shapes over the register budget are never picked (sp_conv_pick_tile):
  * leave them out so the compiler drops their (spilling) bodies. */
@@ -171,7 +178,8 @@ SP_CW_DEF_ROW(4)
      SP_CW_PICK(kind, R, 7, acc)}
 #define SP_CW_TABLE(kind, acc)                                                                  \
     {SP_CW_ROW(kind, 1, acc), SP_CW_ROW(kind, 2, acc), SP_CW_ROW(kind, 3, acc),                 \
-     SP_CW_ROW(kind, 4, acc)}
+     SP_CW_ROW(kind, 4, acc), SP_CW_ROW(kind, 5, acc), SP_CW_ROW(kind, 6, acc),                 \
+     SP_CW_ROW(kind, 7, acc)}
 
 static const SP_FN(sp_cw_fwd_tile_t) SP_FN(sp_cw_fwd_tiles)[SP_CONV_MAX_R][SP_CONV_MAX_NC] =
     SP_CW_TABLE(fwd, SP_CW_FWD_ACC);
@@ -181,6 +189,70 @@ static const SP_FN(sp_cw_bwd_tile_t) SP_FN(sp_cw_bwdw_tiles)[SP_CONV_MAX_R][SP_C
     SP_CW_TABLE(bwdw, SP_CW_BWD_ACC);
 
 /* ---- packing ------------------------------------------------------------ */
+
+/* ev[i] = src[2i], od[i] = src[2i+1] for 2i (+1) < n: the two column phases
+ * of a stride-2 row. */
+static void SP_FN(sp_cw_split2)(const SP_T* SP_RESTRICT src, int64_t n, SP_T* SP_RESTRICT ev,
+                                SP_T* SP_RESTRICT od)
+{
+    int64_t i = 0;
+#if SP_CUR_ISA != SP_ISA_SCALAR
+#if SP_CUR_F64
+    for (; i + 8 <= n; i += 8) {
+        const __m256d a = _mm256_loadu_pd(src + i), b = _mm256_loadu_pd(src + i + 4);
+        const __m256d lo = _mm256_unpacklo_pd(a, b), hi = _mm256_unpackhi_pd(a, b);
+        _mm256_storeu_pd(ev + i / 2, _mm256_permute4x64_pd(lo, _MM_SHUFFLE(3, 1, 2, 0)));
+        _mm256_storeu_pd(od + i / 2, _mm256_permute4x64_pd(hi, _MM_SHUFFLE(3, 1, 2, 0)));
+    }
+#else
+    for (; i + 16 <= n; i += 16) {
+        const __m256 a = _mm256_loadu_ps(src + i), b = _mm256_loadu_ps(src + i + 8);
+        const __m256 e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+        const __m256 o = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+        _mm256_storeu_ps(ev + i / 2, _mm256_castpd_ps(_mm256_permute4x64_pd(
+                                         _mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0))));
+        _mm256_storeu_ps(od + i / 2, _mm256_castpd_ps(_mm256_permute4x64_pd(
+                                         _mm256_castps_pd(o), _MM_SHUFFLE(3, 1, 2, 0))));
+    }
+#endif
+#endif
+    for (; i + 1 < n; i += 2) {
+        ev[i / 2] = src[i];
+        od[i / 2] = src[i + 1];
+    }
+    if (i < n)
+        ev[i / 2] = src[i];
+}
+
+/* dst[2i] = ev[i], dst[2i+1] = od[i] for 2i (+1) < n (inverse of split2). */
+static void SP_FN(sp_cw_merge2)(const SP_T* SP_RESTRICT ev, const SP_T* SP_RESTRICT od,
+                                int64_t n, SP_T* SP_RESTRICT dst)
+{
+    int64_t i = 0;
+#if SP_CUR_ISA != SP_ISA_SCALAR
+#if SP_CUR_F64
+    for (; i + 8 <= n; i += 8) {
+        const __m256d e = _mm256_loadu_pd(ev + i / 2), o = _mm256_loadu_pd(od + i / 2);
+        const __m256d lo = _mm256_unpacklo_pd(e, o), hi = _mm256_unpackhi_pd(e, o);
+        _mm256_storeu_pd(dst + i, _mm256_permute2f128_pd(lo, hi, 0x20));
+        _mm256_storeu_pd(dst + i + 4, _mm256_permute2f128_pd(lo, hi, 0x31));
+    }
+#else
+    for (; i + 16 <= n; i += 16) {
+        const __m256 e = _mm256_loadu_ps(ev + i / 2), o = _mm256_loadu_ps(od + i / 2);
+        const __m256 lo = _mm256_unpacklo_ps(e, o), hi = _mm256_unpackhi_ps(e, o);
+        _mm256_storeu_ps(dst + i, _mm256_permute2f128_ps(lo, hi, 0x20));
+        _mm256_storeu_ps(dst + i + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+    }
+#endif
+#endif
+    for (; i + 1 < n; i += 2) {
+        dst[i] = ev[i / 2];
+        dst[i + 1] = od[i / 2];
+    }
+    if (i < n)
+        dst[i] = ev[i / 2];
+}
 
 /* X[unit] channels [c0, c1) -> buf ([c - c0][Hb][sw][Wq][U], zero elsewhere).
  * tmp: W*U elements.  Only the data positions are written. */
@@ -211,6 +283,9 @@ static void SP_FN(sp_cw_pack_x)(const sp_conv_geom* g, const SP_T* X, int64_t sx
                 const SP_T* src = X + u * sxb + c * sxc + h * sxh;
                 if (sw == 1) {
                     memcpy(row + pl, src, (size_t)W * sizeof(SP_T));
+                } else if (sw == 2) { /* even columns -> phase pl%2, odd -> the other */
+                    SP_FN(sp_cw_split2)(src, W, row + (pl % 2) * Wq + pl / 2,
+                                        row + ((pl + 1) % 2) * Wq + (pl + 1) / 2);
                 } else {
                     for (int64_t w = 0; w < W; w++) {
                         const int64_t wp = w + pl;
@@ -268,6 +343,9 @@ static void SP_FN(sp_cw_unpack_dx)(const sp_conv_geom* g, SP_T* dX, int64_t u, i
                 SP_T* dst = dX + u * sdb + c * sdc + h * W;
                 if (sw == 1) {
                     memcpy(dst, row + pl, (size_t)W * sizeof(SP_T));
+                } else if (sw == 2) {
+                    SP_FN(sp_cw_merge2)(row + (pl % 2) * Wq + pl / 2,
+                                        row + ((pl + 1) % 2) * Wq + (pl + 1) / 2, W, dst);
                 } else {
                     for (int64_t w = 0; w < W; w++) {
                         const int64_t wp = w + pl;
@@ -309,32 +387,36 @@ static void SP_FN(sp_conv_fwd)(const sp_conv_fwd_args* a, int64_t u0, int64_t u1
         if (g->batch_last && rows < L) /* last chunk: unused lanes must be zero */
             memset(xbuf, 0, (size_t)xsize * sizeof(SP_T));
         SP_FN(sp_cw_pack_x)(g, X, a->sxb, a->sxc, a->sxh, u, c0, c1, xbuf, tmp);
-        for (int64_t o = o0; o < o1; o++) {
-            const SP_T init = bias ? bias[o] : (SP_T)0;
-            const int64_t k0 = och[o], n = och[o + 1] - k0;
-            SP_T* yplane = Y + (b0 * OC + o) * OH * OW;
-            for (int64_t p0 = 0; p0 < OH; p0 += R) {
-                const int r = (int)SP_MIN((int64_t)R, OH - p0);
-                for (int64_t q0 = 0; q0 < OW; q0 += NC * cv) {
+        /* row bands outermost: a band's input rows (all channels) stay in
+         * cache while every output channel of the task reads them */
+        for (int64_t p0 = 0; p0 < OH; p0 += R) {
+            const int r = (int)SP_MIN((int64_t)R, OH - p0);
+            for (int64_t o = o0; o < o1; o++) {
+                const SP_T init = bias ? bias[o] : (SP_T)0;
+                const int64_t k0 = och[o], n = och[o + 1] - k0;
+                SP_T* yplane = Y + (b0 * OC + o) * OH * OW;
+                /* column tiles right to left: in over-width, a last vector past
+                 * the row's end spills into the next row, which a later tile
+                 * (the q0 = 0 one, or the next band) overwrites */
+                for (int64_t q0 = (OW - 1) / (NC * cv) * (NC * cv); q0 >= 0; q0 -= NC * cv) {
                     const int nc = (int)SP_MIN((int64_t)NC, (OW - q0 + cv - 1) / cv);
                     const SP_FN(sp_cw_fwd_tile_t) fn = SP_FN(sp_cw_fwd_tiles)[r - 1][nc - 1];
                     const int64_t delta = p0 * xrs + q0 * U - shift;
                     if (g->batch_last) {
-                        fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init,
-                           out + (p0 * OW + q0) * U, OW * U);
-                    } else if (q0 + nc * L <= OW) {
+                        fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init, out + q0 * U, OW * U);
+                    } else if (q0 + nc * L <= OW || p0 + r < OH) {
                         fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init,
                            yplane + p0 * OW + q0, OW);
-                    } else {
+                    } else { /* the plane's last row: nothing after it to spill into */
                         fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init, out, nc * L);
                         for (int rr = 0; rr < r; rr++)
                             memcpy(yplane + (p0 + rr) * OW + q0, out + rr * nc * L,
                                    (size_t)(OW - q0) * sizeof(SP_T));
                     }
                 }
+                if (g->batch_last) /* (r*OW, lanes) -> rows p0.. of Y[b0 + lane, o] */
+                    SP_FN(sp_transpose)(out, U, yplane + p0 * OW, OC * OH * OW, r * OW, rows);
             }
-            if (g->batch_last) /* (OH*OW, lanes) -> Y[b0 + lane, o] */
-                SP_FN(sp_transpose)(out, U, yplane, OC * OH * OW, OH * OW, rows);
         }
     }
 }
@@ -385,26 +467,36 @@ static void SP_FN(sp_conv_bwd)(const sp_conv_bwd_args* a, int64_t u0, int64_t u1
         }
         SP_FN(sp_cw_pack_x)(g, (const SP_T*)a->X, a->sxb, a->sxc, a->sxh, u, c0, c1, xbuf, tmp);
         SP_FN(sp_cw_pack_dy)(g, (const SP_T*)a->dY, a->syb, a->syc, a->syh, u, o0, o1, dybuf);
-        for (int64_t c = c0; c < c1; c++) {
-            for (int64_t rph = 0; rph < sh; rph++) {
-                /* padded rows h = a*sh + rph inside the image: pt <= h < pt + H */
-                const int64_t a_lo = SP_MAX(0, -SP_FN(sp_cw_floordiv)(rph - g->pt, sh));
-                const int64_t a_hi = SP_FN(sp_cw_floordiv)(g->pt + g->H - 1 - rph, sh);
-                if (a_lo > a_hi)
-                    continue;
-                for (int64_t wph = 0; wph < sw; wph++) {
-                    const int64_t b_lo = SP_MAX(0, -SP_FN(sp_cw_floordiv)(wph - g->pl, sw));
-                    const int64_t b_hi = SP_FN(sp_cw_floordiv)(g->pl + g->W - 1 - wph, sw);
-                    if (b_lo > b_hi)
-                        continue;
-                    const int64_t cls = (c * sh + rph) * sw + wph;
-                    const int64_t k0 = lptr[cls], n = lptr[cls + 1] - k0;
-                    if (n == 0 && !with_dx)
-                        continue;
-                    int R, NC;
-                    sp_conv_pick_tile(b_hi - b_lo + 1, cv, SP_CW_BWD_ACC, &R, &NC);
-                    for (int64_t a0 = a_lo; a0 <= a_hi; a0 += R) {
-                        const int r = (int)SP_MIN((int64_t)R, a_hi - a0 + 1);
+        /* row bands outermost: a band's dY rows (all output channels) stay in
+         * cache while every input channel of the task reads them */
+        for (int64_t rph = 0; rph < sh; rph++) {
+            /* padded rows h = a*sh + rph inside the image: pt <= h < pt + H */
+            const int64_t a_lo = SP_MAX(0, -SP_FN(sp_cw_floordiv)(rph - g->pt, sh));
+            const int64_t a_hi = SP_FN(sp_cw_floordiv)(g->pt + g->H - 1 - rph, sh);
+            if (a_lo > a_hi)
+                continue;
+            int R = SP_CONV_MAX_R;
+            for (int64_t wph = 0; wph < sw; wph++) {
+                const int64_t b_lo = SP_MAX(0, -SP_FN(sp_cw_floordiv)(wph - g->pl, sw));
+                const int64_t b_hi = SP_FN(sp_cw_floordiv)(g->pl + g->W - 1 - wph, sw);
+                int Rw, NCw;
+                sp_conv_pick_tile(b_hi - b_lo + 1, cv, SP_CW_BWD_ACC, &Rw, &NCw);
+                R = SP_MIN(R, Rw);
+            }
+            for (int64_t a0 = a_lo; a0 <= a_hi; a0 += R) {
+                const int r = (int)SP_MIN((int64_t)R, a_hi - a0 + 1);
+                for (int64_t c = c0; c < c1; c++) {
+                    for (int64_t wph = 0; wph < sw; wph++) {
+                        const int64_t b_lo = SP_MAX(0, -SP_FN(sp_cw_floordiv)(wph - g->pl, sw));
+                        const int64_t b_hi = SP_FN(sp_cw_floordiv)(g->pl + g->W - 1 - wph, sw);
+                        if (b_lo > b_hi)
+                            continue;
+                        const int64_t cls = (c * sh + rph) * sw + wph;
+                        const int64_t k0 = lptr[cls], n = lptr[cls + 1] - k0;
+                        if (n == 0 && !with_dx)
+                            continue;
+                        int Rw, NC;
+                        sp_conv_pick_tile(b_hi - b_lo + 1, cv, SP_CW_BWD_ACC, &Rw, &NC);
                         for (int64_t q0 = b_lo; q0 <= b_hi; q0 += NC * cv) {
                             const int nc = (int)SP_MIN((int64_t)NC, (b_hi - q0 + cv) / cv);
                             const int64_t xo = (c - c0) * g->plane_x +
@@ -424,18 +516,39 @@ static void SP_FN(sp_conv_bwd)(const sp_conv_bwd_args* a, int64_t u0, int64_t u1
     }
 }
 
+/* dW[perm[k]] = sum over the nparts partial buffers (stride apart) and the
+ * L lanes of dwv[p*stride + k*L + lane], for k0 <= k < k1 (fixed order). */
 static void SP_FN(sp_conv_reduce)(const void* dwv_, int64_t stride, int64_t nparts, int64_t L,
                                   const int64_t* perm, void* dW_, int64_t k0, int64_t k1)
 {
     const SP_T* dwv = (const SP_T*)dwv_;
     SP_T* dW = (SP_T*)dW_;
+    (void)L; /* == SP_CW_L */
     for (int64_t k = k0; k < k1; k++) {
-        SP_T s = 0;
-        for (int64_t p = 0; p < nparts; p++)
-            for (int64_t l = 0; l < L; l++)
-                s += dwv[p * stride + k * L + l];
-        dW[perm[k]] = s;
+        SP_CW_V v = SP_CW_LOAD(dwv + k * SP_CW_L);
+        for (int64_t p = 1; p < nparts; p++)
+            v = SP_CW_ADD(v, SP_CW_LOAD(dwv + p * stride + k * SP_CW_L));
+#if SP_CUR_ISA == SP_ISA_SCALAR
+        dW[perm[k]] = v;
+#elif SP_CUR_F64
+        const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+        dW[perm[k]] = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+#else
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        dW[perm[k]] = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+#endif
     }
+}
+
+/* out[k] = data[perm[k]] for k0 <= k < k1: the values in list order. */
+static void SP_FN(sp_conv_gather)(const void* data_, const int64_t* perm, void* out_, int64_t k0,
+                                  int64_t k1)
+{
+    const SP_T* data = (const SP_T*)data_;
+    SP_T* out = (SP_T*)out_;
+    for (int64_t k = k0; k < k1; k++)
+        out[k] = data[perm[k]];
 }
 
 #undef SP_CW_V
@@ -445,6 +558,7 @@ static void SP_FN(sp_conv_reduce)(const void* dwv_, int64_t stride, int64_t npar
 #undef SP_CW_STORE
 #undef SP_CW_ADD
 #undef SP_CW_FMA
+#undef SP_CW_PIN
 #undef SP_CW_FWD_ACC
 #undef SP_CW_BWD_ACC
 #undef SP_CW_DEF
