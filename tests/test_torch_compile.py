@@ -11,9 +11,6 @@ from torch import nn  # noqa: E402
 import sparseprop.torch as spt  # noqa: E402
 from sparseprop.torch import _structure  # noqa: E402
 
-needs_conv = pytest.mark.skipif(not spt.conv2d_available(),
-                                reason="sparseprop.conv2d_forward is not in this build yet")
-
 
 def sparse_linear(n_in, n_out, sparsity=0.8, bias=True, seed=0, dtype=torch.float32):
     return spt.SparseLinear(n_in, n_out, bias=bias, sparsity=sparsity, dtype=dtype,
@@ -38,7 +35,6 @@ def test_opcheck_linear_backward(need_input_grad):
                            need_input_grad, 0))
 
 
-@needs_conv
 @pytest.mark.parametrize("x_grad", [True, False])
 def test_opcheck_conv2d(x_grad):
     layer = spt.SparseConv2d(4, 6, (3, 2), stride=(2, 1), padding=1, groups=2, sparsity=0.6,
@@ -86,7 +82,6 @@ def test_compile_fullgraph_mlp_matches_eager():
     assert _structure.CACHE.stats["builds"] - builds == 4
 
 
-@needs_conv
 def test_compile_fullgraph_cnn_matches_eager():
     torch.manual_seed(1)
     gen = torch.Generator().manual_seed(1)

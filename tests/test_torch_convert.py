@@ -225,11 +225,6 @@ def test_deepcopy_and_pickle():
     assert torch.equal(whole(x), model(x))
 
 
-needs_conv = pytest.mark.skipif(not spt.conv2d_available(),
-                                reason="sparseprop.conv2d_forward is not in this build yet")
-
-
-@needs_conv
 def test_sparsify_times_both_conv_algorithms(tmp_path, monkeypatch):
     seen = []
     real_time_layer = _convert._time_layer

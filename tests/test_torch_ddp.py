@@ -12,8 +12,6 @@ torch = pytest.importorskip("torch")
 
 import ddp_worker  # noqa: E402  (tests/ is on sys.path, see conftest.py)
 
-import sparseprop.torch as spt  # noqa: E402
-
 HERE = Path(__file__).resolve().parent
 TIMEOUT_S = 180
 
@@ -24,11 +22,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("kind", [
-    "mlp",
-    pytest.param("cnn", marks=pytest.mark.skipif(
-        not spt.conv2d_available(), reason="sparseprop.conv2d_forward is not in this build yet")),
-])
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_ddp_gloo_two_processes_match_single_process(kind, tmp_path):
     out = tmp_path / "rank0.pt"
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")

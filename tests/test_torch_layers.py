@@ -10,10 +10,7 @@ from torch import nn  # noqa: E402
 
 import sparseprop  # noqa: E402
 import sparseprop.torch as spt  # noqa: E402
-from sparseprop.torch import _structure  # noqa: E402
-
-needs_conv = pytest.mark.skipif(not spt.conv2d_available(),
-                                reason="sparseprop.conv2d_forward is not in this build yet")
+from sparseprop.torch import _ops, _structure  # noqa: E402
 
 
 def masked_linear(gen, n_in, n_out, sparsity, bias=True, dtype=torch.float32):
@@ -295,7 +292,6 @@ CONV_CASES = [
 ]
 
 
-@needs_conv
 @pytest.mark.parametrize("case", range(len(CONV_CASES)))
 @pytest.mark.parametrize("algorithm", ["auto", "batch_last", "over_width"])
 def test_conv_matches_dense(case, algorithm):
@@ -308,7 +304,6 @@ def test_conv_matches_dense(case, algorithm):
     compare_layer(dense, sparse, x, k, 4 * k * 72, need_x=False)
 
 
-@needs_conv
 @pytest.mark.parametrize("layout", ["channels_last", "sliced", "unbatched"])
 def test_conv_input_layouts(layout):
     gen = torch.Generator().manual_seed(200)
@@ -323,7 +318,6 @@ def test_conv_input_layouts(layout):
     compare_layer(dense, sparse, x, 36, 36 * 49 * 3)
 
 
-@needs_conv
 @pytest.mark.parametrize("sparsity", [0.0, 1.0])
 def test_conv_extreme_sparsity_and_float64(sparsity):
     gen = torch.Generator().manual_seed(300)
@@ -339,7 +333,6 @@ def test_conv_extreme_sparsity_and_float64(sparsity):
             (x[:1, :, :4, :4].detach().requires_grad_(), sparse.values, sparse.bias))
 
 
-@needs_conv
 def test_conv_from_pruned_and_to_dense():
     gen = torch.Generator().manual_seed(400)
     dense = masked_conv(gen, 0.0, 3, 6, (3, 5), stride=2, padding=(1, 2), dilation=(1, 2))
@@ -365,8 +358,15 @@ def test_conv_layer_builds_and_converts_without_the_kernels():
     assert torch.equal(back.weight, dense.weight)
 
 
-@pytest.mark.skipif(spt.conv2d_available(), reason="conv2d is available in this build")
-def test_conv_forward_says_not_available():
-    sparse = spt.SparseConv2d(3, 4, 3)
-    with pytest.raises(NotImplementedError, match="conv2d is not available yet"):
-        sparse(torch.randn(1, 3, 5, 5))
+@pytest.mark.parametrize("case", range(len(CONV_CASES)))
+def test_conv_weight_built_from_the_index_buffers(case):
+    # The op builds the SparseConvWeight from the CSR buffers in O(nnz); it must
+    # be exactly what SparseConvWeight.from_dense makes of the dense weight.
+    gen = torch.Generator().manual_seed(600 + case)
+    dense = masked_conv(gen, 0.75, **CONV_CASES[case])
+    layer = spt.SparseConv2d.from_dense(dense)
+    built = _ops._conv_weight(layer.values, layer.indptr, layer.indices, layer.weight_shape)
+    ref = sparseprop.SparseConvWeight.from_dense(dense.weight.detach().numpy())
+    assert built.shape == ref.shape
+    for attr in ("data", "och", "ich", "krow", "kcol"):
+        assert np.array_equal(getattr(built, attr), getattr(ref, attr)), attr

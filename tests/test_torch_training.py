@@ -10,9 +10,6 @@ from torch import nn  # noqa: E402
 
 import sparseprop.torch as spt  # noqa: E402
 
-needs_conv = pytest.mark.skipif(not spt.conv2d_available(),
-                                reason="sparseprop.conv2d_forward is not in this build yet")
-
 
 def mask_randomly(model, sparsity, gen):
     """Zero a random ``sparsity`` fraction of every Linear/Conv2d weight (in place)."""
@@ -89,7 +86,6 @@ def test_mlp_training_matches_dense_masked():
     train_and_compare(mlp(), x, y)
 
 
-@needs_conv
 def test_cnn_training_matches_dense_masked():
     gen = torch.Generator().manual_seed(2)
     torch.manual_seed(2)
@@ -357,7 +353,6 @@ def test_global_scope_uses_one_threshold():
     assert model[0].weight_mask.mean() > 0.4 > 0.3 > model[2].weight_mask.mean()
 
 
-@needs_conv
 def test_dense_gradients_of_conv_and_reprune():
     gen = torch.Generator().manual_seed(11)
     conv = nn.Conv2d(4, 6, (3, 2), padding="same", dilation=(1, 1), groups=2)
@@ -396,11 +391,7 @@ def test_gradual_pruning_on_a_cnn():
         pruner.step()
     assert type(model[0]) is nn.Conv2d and not hasattr(model[0], "weight_mask")
     for i in (2, 4):
-        if spt.conv2d_available():
-            assert isinstance(model[i], spt.SparseConv2d)
-            assert model[i].sparsity == pytest.approx(0.9, abs=0.01)
-        else:  # no sparse conv in this build: stays a pruned dense conv
-            assert type(model[i]) is nn.Conv2d
-            assert float(model[i].weight_mask.mean()) == pytest.approx(0.1, abs=0.01)
+        assert isinstance(model[i], spt.SparseConv2d)
+        assert model[i].sparsity == pytest.approx(0.9, abs=0.01)
     assert {id(p) for g in opt.param_groups for p in g["params"]} == {
         id(p) for p in model.parameters()}

@@ -30,7 +30,6 @@ from sparseprop.torch import _ops  # noqa: F401  (registers torch.ops.sparseprop
 from sparseprop.torch._convert import (
     LayerDecision,
     SparsifyReport,
-    conv2d_available,
     densify,
     load_state_dict,
     sparsify,
@@ -53,7 +52,6 @@ __all__ = [
     "SparseConv2d",
     "SparseLinear",
     "SparsifyReport",
-    "conv2d_available",
     "cubic_sparsity",
     "dense_weight_of",
     "densify",

@@ -27,7 +27,7 @@ from torch import nn
 
 import sparseprop
 from sparseprop.torch._layers import SparseConv2d, SparseLinear, _SparseLayer, dense_weight_of
-from sparseprop.torch._masks import _conv2d_available, _set_submodule
+from sparseprop.torch._masks import _set_submodule
 
 __all__ = [
     "LayerDecision",
@@ -48,11 +48,6 @@ def tuning_cache_dir():
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "sparseprop" / "autotune"
-
-
-def conv2d_available():
-    """Whether this build of sparseprop has the sparse conv2d kernels."""
-    return _conv2d_available()
 
 
 @dataclasses.dataclass
@@ -371,9 +366,6 @@ def sparsify(model, example_inputs=None, min_sparsity=0.8, autotune=True, inplac
             continue
         if sparsity < min_sparsity:
             row.reason = f"sparsity below {min_sparsity}"
-            continue
-        if isinstance(m, nn.Conv2d) and not conv2d_available():
-            row.reason = "sparse conv2d not available in this build"
             continue
         if not autotune:
             row.decision, row.reason = "sparse", "not timed (autotune=False)"

@@ -195,11 +195,6 @@ def cubic_sparsity(step, final_sparsity, begin_step, end_step, initial_sparsity=
     return float(final_sparsity + (initial_sparsity - final_sparsity) * (1.0 - frac) ** 3)
 
 
-def _conv2d_available():
-    import sparseprop
-    return hasattr(sparseprop, "conv2d_forward") and hasattr(sparseprop, "SparseConvWeight")
-
-
 def _set_submodule(model, name, new):
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -383,8 +378,6 @@ class GradualMagnitudePruner:
             sparsity = 1.0 - int(mask.sum()) / sizes[n] if sizes[n] else 0.0
             if sparsity < self.convert_at:
                 continue
-            if isinstance(m, nn.Conv2d) and not _conv2d_available():
-                continue  # stays a pruned dense conv until this build has sparse conv2d
             cls = SparseLinear if isinstance(m, nn.Linear) else SparseConv2d
             new = cls.from_dense(m, n_threads=self.n_threads)
             if m.bias is not None:

@@ -159,24 +159,27 @@ def conv_output_hw(h, w, kh, kw, stride, padding, dilation):
 
 
 def _build_conv(indptr_np, indices_np, weight_shape, dtype):
-    tagged = _structure.build_csr(indptr_np, indices_np,
-                                  (weight_shape[0], int(np.prod(weight_shape[1:]))), dtype)
-    # The conv weight keeps the nonzeros of the dense weight in C order, the
-    # same order as this CSR structure: build it once from a 0/1 pattern.
-    pattern = tagged.weight.with_data(np.ones(tagged.weight.nnz, dtype=dtype))
-    dense = pattern.to_dense().reshape(weight_shape)
-    conv_weight = sparseprop.SparseConvWeight.from_dense(dense)
-    if conv_weight.nnz != pattern.nnz:  # pragma: no cover - a broken invariant
-        raise RuntimeError("conv weight structure does not match its CSR structure")
+    """Validate the CSR structure and build the SparseConvWeight with the same nonzeros.
+
+    Both keep the nonzeros of the dense weight in C order, so values line up
+    one to one.  O(nnz + out*in/groups): no dense array is formed.
+    """
+    OC, ICg, KH, KW = weight_shape
+    tagged = _structure.build_csr(indptr_np, indices_np, (OC, ICg * KH * KW), dtype)
+    W = tagged.weight
+    col = W.indices.astype(np.int64)
+    oc = np.repeat(np.arange(OC, dtype=np.int64), np.diff(W.indptr))
+    ic = col // (KH * KW)
+    counts = np.bincount(oc * ICg + ic, minlength=OC * ICg).reshape(OC, ICg)
+    ich = np.zeros((OC, ICg + 1), dtype=np.int64)
+    np.cumsum(counts, axis=1, out=ich[:, 1:])
+    conv_weight = sparseprop.SparseConvWeight(
+        np.zeros(W.nnz, dtype=dtype), W.indptr, ich.reshape(-1), (col // KW) % KH, col % KW,
+        (OC, ICg, KH, KW))
     return _structure._Tagged(conv_weight, tagged._sp_structure)
 
 
 def _conv_weight(values, indptr, indices, weight_shape):
-    if not hasattr(sparseprop, "conv2d_forward"):
-        raise NotImplementedError(
-            "sparse conv2d is not available yet in this build of sparseprop "
-            "(sparseprop.conv2d_forward is missing)"
-        )
     shape = tuple(int(s) for s in weight_shape)
     tagged = _structure.CACHE.get(
         "conv2d", indptr, indices, shape,
