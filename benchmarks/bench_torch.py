@@ -1,4 +1,4 @@
-"""The torch façade's cost: SparseLinear (and SparseConv2d when built) against
+"""The torch façade's cost: SparseLinear and SparseConv2d against
 dense torch and against calling the NumPy API directly, forward + backward.
 
     python benchmarks/bench_torch.py [--threads 1 2] [--quick]
@@ -98,11 +98,9 @@ def main():
         for sparsity in ((0.9,) if args.quick else (0.8, 0.9, 0.95, 0.99)):
             rows.append(bench_linear(768, 3072, 902, sparsity, threads, repeats))
         rows.append(bench_linear(256, 256, 32, 0.9, threads, repeats))
-        if spt.conv2d_available():
-            rows += bench_conv((256, 128, 3, 3), (8, 128, 7, 7), 1, 1, 0.9, threads, repeats)
-            if not args.quick:
-                rows += bench_conv((64, 64, 3, 3), (32, 64, 56, 56), 1, 1, 0.9, threads,
-                                   repeats)
+        rows += bench_conv((256, 128, 3, 3), (8, 128, 7, 7), 1, 1, 0.9, threads, repeats)
+        if not args.quick:
+            rows += bench_conv((64, 64, 3, 3), (32, 64, 56, 56), 1, 1, 0.9, threads, repeats)
     info = machine_info()
     print(f"# {info['cpu']}, isa={info['isa']}, torch {info.get('torch')}, "
           f"load {info['loadavg_1min']}")
