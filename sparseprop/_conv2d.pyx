@@ -19,7 +19,7 @@ import numpy as np
 
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t
 
 from sparseprop._convweight cimport SparseConvWeight
 
@@ -49,6 +49,7 @@ cdef extern from "sparseprop/conv.h" nogil:
         void* Y
         const void* bias
         const int64_t* och
+        const int32_t* ich
         const int64_t* xoff
         const void* vals
 
@@ -81,7 +82,7 @@ cdef extern from "sparseprop/conv.h" nogil:
         int64_t lanes
 
     sp_conv_kernels sp_conv_select(int isa, int is_f64)
-    int64_t sp_conv_fwd_scratch(const sp_conv_geom* g, int64_t n_ic)
+    int64_t sp_conv_fwd_scratch(const sp_conv_geom* g, int64_t n_ic, int64_t n_oc)
     int64_t sp_conv_bwd_scratch(const sp_conv_geom* g, int64_t n_ic, int64_t n_oc, int with_dx)
 
 
@@ -527,8 +528,9 @@ def conv2d_forward(X, W, bias=None, stride=1, padding=0, dilation=1, groups=1,
     cdef int64_t OCg = OC // g, ICg = W.shape[1]
     n_ic = max(((int(oc_bounds[i + 1]) - 1) // OCg + 1 - int(oc_bounds[i]) // OCg) * ICg
                for i in range(Tc) if oc_bounds[i + 1] > oc_bounds[i])
+    n_oc = int(np.diff(oc_bounds).max())
     cdef int itemsize = dtype.itemsize
-    cdef int64_t per_task = (sp_conv_fwd_scratch(&geom, n_ic) * itemsize + 63) // 64 * 64
+    cdef int64_t per_task = (sp_conv_fwd_scratch(&geom, n_ic, n_oc) * itemsize + 63) // 64 * 64
     buf = scratch(per_task * tasks)
 
     cdef sp_conv_fwd_args args
@@ -540,6 +542,7 @@ def conv2d_forward(X, W, bias=None, stride=1, padding=0, dilation=1, groups=1,
     args.Y = _ptr(Y)
     args.bias = _ptr(b) if b is not None else NULL
     args.och = <const int64_t*> _ptr(och)
+    args.ich = <const int32_t*> _ptr(W.ich)
     args.xoff = <const int64_t*> _ptr(xoff)
     args.vals = _ptr(W.data)
     cdef const int64_t[::1] ob = oc_bounds

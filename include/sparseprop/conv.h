@@ -54,6 +54,8 @@
 /* Largest register tile: rows x vectors. */
 #define SP_CONV_MAX_R 7
 #define SP_CONV_MAX_NC 7
+/* Bytes of input a forward block of input channels may occupy (L1 is 32 KiB). */
+#define SP_CONV_L1_BYTES (20 * 1024)
 
 typedef struct {
     int batch_last;            /* 1: batch-last units, 0: over-width       */
@@ -77,6 +79,7 @@ typedef struct {
     void* Y;                   /* (B, OC, OH, OW) C-contiguous              */
     const void* bias;          /* (OC,) or NULL                             */
     const int64_t* och;        /* (OC+1,) nonzeros of each output channel   */
+    const int32_t* ich;        /* (OC*(ICg+1),) per input channel, relative */
     const int64_t* xoff;       /* (nnz,) buffer offset of each nonzero      */
     const void* vals;          /* (nnz,) W.data                             */
 } sp_conv_fwd_args;
@@ -118,12 +121,11 @@ typedef struct {
 } sp_conv_kernels;
 
 /* Scratch (elements) of one task handling n_ic input / n_oc output channels. */
-SP_INLINE int64_t sp_conv_fwd_scratch(const sp_conv_geom* g, int64_t n_ic)
+SP_INLINE int64_t sp_conv_fwd_scratch(const sp_conv_geom* g, int64_t n_ic, int64_t n_oc)
 {
-    int64_t tmp = g->W * g->U;                        /* one packed row    */
-    int64_t out = g->batch_last ? g->OH * g->OW * g->U
-                                : (int64_t)SP_CONV_MAX_R * SP_CONV_MAX_NC * g->L;
-    return n_ic * g->plane_x + tmp + out + 64;
+    int64_t tmp = g->W * g->U;                                          /* packed row */
+    int64_t band = n_oc * SP_CONV_MAX_R * (g->OW + g->cv - 1) / g->cv * g->cv * g->U;
+    return n_ic * g->plane_x + tmp + band + 64;
 }
 SP_INLINE int64_t sp_conv_bwd_scratch(const sp_conv_geom* g, int64_t n_ic, int64_t n_oc,
                                       int with_dx)
