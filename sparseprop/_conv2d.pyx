@@ -226,13 +226,9 @@ def _check_algorithm(algorithm):
 
 def _auto(B, OH, OW, L):
     """The rule of :func:`conv2d_algorithm` (see there)."""
-    if L <= 1:
-        return "over_width" if OW >= 8 else "batch_last"
     eff_batch = B / (-(-B // L) * L)
     eff_width = OW / (-(-OW // L) * L)
-    if eff_batch > eff_width:
-        return "batch_last"
-    if eff_batch == eff_width and OH * OW <= 196:
+    if eff_batch >= eff_width and (OH * OW <= 64 or eff_width < 0.75):
         return "batch_last"
     return "over_width"
 
@@ -257,21 +253,21 @@ def conv2d_algorithm(X_shape, W, stride=1, padding=0, dilation=1, groups=1):
     Notes
     -----
     Both algorithms fill SIMD vectors of ``L`` lanes (8 float32 or 4 float64
-    values on AVX2/AVX-512): "batch_last" with ``L`` images at one output
-    position, "over_width" with ``L`` neighbouring outputs of one row.  The
-    rule compares the fraction of useful lanes,
+    values on AVX2/AVX-512, 1 on the scalar path): "batch_last" with ``L``
+    images at one output position, "over_width" with ``L`` neighbouring
+    outputs of one row.  With the fractions of useful lanes
     ``eff_batch = B / (ceil(B / L) * L)`` and
-    ``eff_width = OW / (ceil(OW / L) * L)`` (``OW`` the output width):
+    ``eff_width = OW / (ceil(OW / L) * L)`` (``B`` the batch, ``OH x OW`` the
+    output), the rule is:
 
-    * ``eff_batch > eff_width``: "batch_last" (e.g. 7x7 or 14x14 outputs with
-      a batch that is a multiple of ``L``);
-    * ``eff_batch == eff_width``: "batch_last" if the output has at most
-      196 positions (14x14), where its transposes are cheap and the packed
-      input of ``L`` images fits in cache, else "over_width";
-    * otherwise "over_width" (e.g. 56x56 or 28x28 outputs, or batch 1).
+    * "batch_last" if ``eff_batch >= eff_width`` and either the output is
+      small (``OH * OW <= 64``, e.g. 7x7) or the width wastes over a quarter
+      of the lanes (``eff_width < 0.75``, e.g. widths 1-5 or 9);
+    * "over_width" otherwise (e.g. 14x14 and larger outputs, or batch 1).
 
-    On the scalar path (``L`` = 1) "over_width" is used from 8 output
-    columns on.
+    Measured on ResNet layers at 90% sparsity (one Zen 4 core, float32):
+    batch-last is 10-25% faster on 7x7 outputs with batch 8 or 32,
+    over-width 5-40% faster from 14x14 on (and 7x faster at batch 1).
     """
     _check_weight(W)
     shape = tuple(int(s) for s in X_shape)

@@ -212,15 +212,22 @@ def test_both_algorithms_and_auto_agree(rng):
 def test_auto_rule():
     W = sp.SparseConvWeight.from_dense(np.ones((4, 2, 3, 3), np.float32))
     L = _conv2d.lanes(np.float32)
-    choice = sp.conv2d_algorithm((8, 2, 7, 7), W, padding=1)
-    assert choice in ALGOS
+    assert L in (1, 8)
     assert sp.conv2d_algorithm((32, 2, 56, 56), W, padding=1) == "over_width"
-    if L == 8:
-        assert choice == "batch_last"
-        assert sp.conv2d_algorithm((1, 2, 7, 7), W, padding=1) == "over_width"
-        assert sp.conv2d_algorithm((32, 2, 14, 14), W, padding=1) == "batch_last"
+    assert sp.conv2d_algorithm((32, 2, 14, 14), W, padding=1) == "over_width"
+    assert sp.conv2d_algorithm((8, 2, 7, 7), W, padding=1) == "batch_last"
+    assert sp.conv2d_algorithm((4, 2, 7, 7), W, padding=1) == (
+        "batch_last" if L == 1 else "over_width")      # half the lanes idle
+    assert sp.conv2d_algorithm((16, 2, 1, 1), W, padding=1) == "batch_last"
+    assert sp.conv2d_algorithm((2, 2, 7, 7), W, stride=2, padding=1) == (
+        "over_width" if L == 8 else "batch_last")
+    assert sp.conv2d_algorithm((16, 2, 30, 4), W, padding=1) == (
+        "batch_last" if L == 8 else "over_width")      # width 4 of 8 lanes
+    assert sp.conv2d_algorithm((4, 2, 7, 7), W, padding="same", dilation=2) in ALGOS
     with pytest.raises(ValueError, match="X has 3 channels"):
         sp.conv2d_algorithm((8, 3, 7, 7), W)
+    with pytest.raises(ValueError, match="X_shape must have 4"):
+        sp.conv2d_algorithm((7, 7), W)
 
 
 def test_nan_reaches_only_stored_weights(rng):
