@@ -440,6 +440,11 @@ def _prepare(X, W, stride, padding, dilation, groups, algorithm):
     geo = _geometry(Xa.shape, W, stride, padding, dilation, groups)
     unbatched = Xa.ndim == 3
     X4 = Xa[None] if unbatched else Xa
+    if (X4.shape[2] == 0 or X4.shape[3] == 0) and X4.shape[0] and X4.shape[1]:
+        raise ValueError(
+            f"X has shape {Xa.shape}: an empty spatial size needs batch 0 or 0 channels "
+            "(like torch)"
+        )
     return dtype, X4, unbatched, geo
 
 

@@ -458,6 +458,8 @@ _X = np.ones((2, 3, 8, 8), np.float32)
      r"X must have dtype float32 \(like the weight\); got int32"),
     (lambda: sp.conv2d_forward(np.ones((3, 8), np.float32), _w()), ValueError,
      r"X must be 4-D .* got shape \(3, 8\)"),
+    (lambda: sp.conv2d_forward(np.ones((1, 3, 0, 4), np.float32), _w(), padding=2), ValueError,
+     r"X has shape \(1, 3, 0, 4\): an empty spatial size needs batch 0 or 0 channels"),
     (lambda: sp.conv2d_forward(_X, _w(), stride=0), ValueError,
      "stride must be positive .>= 1.; got 0"),
     (lambda: sp.conv2d_forward(_X, _w(), stride=(1, -2)), ValueError,
