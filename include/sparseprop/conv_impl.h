@@ -408,15 +408,16 @@ static void SP_FN(sp_conv_fwd)(const sp_conv_fwd_args* a, int64_t u0, int64_t u1
     int64_t icb = ICg;
     {
         const int64_t band_rows = (R - 1) * g->sh + g->Hb - (OH - 1) * g->sh;
-        const int64_t fit = SP_CONV_L1_BYTES / SP_MAX((int64_t)1,
-                                                      band_rows * g->rowlen_x * (int64_t)sizeof(SP_T));
+        const int64_t fit = SP_CONV_L1_BYTES /
+                            SP_MAX((int64_t)1, band_rows * g->rowlen_x * (int64_t)sizeof(SP_T));
         const int64_t nnz = och[OC], slots = OC * ICg;
         const int64_t need = nnz > 0 ? (16 * slots + nnz - 1) / nnz : ICg;
         icb = SP_MIN(ICg, SP_MAX((int64_t)1, SP_MAX(fit, need)));
     }
-    /* blocking pays in over-width (measured: +14% at 0.8 on 64x64 on 56x56);
-     * in batch-last the partial tiles cost what L1 saves */
-    const int blocked = !g->batch_last && icb < ICg;
+    /* measured at 0.8: +14-18% (64x64 on 56x56 over-width, 256x128 on 7x7
+     * batch-last); the budget (12-28 KiB) and the 4-32 weights per block
+     * made no difference beyond noise */
+    const int blocked = icb < ICg;
 
     memset(xbuf, 0, (size_t)xsize * sizeof(SP_T));
     for (int64_t u = u0; u < u1; u++) {
@@ -450,6 +451,10 @@ static void SP_FN(sp_conv_fwd)(const sp_conv_fwd_args* a, int64_t u0, int64_t u1
                 for (int64_t o = o0; o < o1; o++) { /* band -> Y */
                     const SP_T* bo = band + (o - o0) * bplane;
                     SP_T* yrow = Y + ((b0 * OC + o) * OH + p0) * OW;
+                    if (g->batch_last) {
+                        SP_FN(sp_transpose)(bo, U, yrow, OC * OH * OW, r * OW, rows);
+                        continue;
+                    }
                     for (int rr = 0; rr < r; rr++, yrow += OW, bo += brow)
                         SP_FN(sp_cw_copy)(bo, OW, yrow);
                 }
