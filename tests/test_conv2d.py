@@ -132,6 +132,21 @@ def test_thread_splits(algorithm, batch, n_threads, rng):
         assert _conv2d._last_team_size() > 1
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("algorithm,xshape", [("batch_last", (8, 64, 7, 7)),
+                                              ("over_width", (2, 64, 40, 37))])
+def test_forward_input_channel_blocks(algorithm, xshape, dtype, rng):
+    # Enough input channels per group (32) that the forward splits them into
+    # L1-sized blocks whose partial tiles are accumulated; groups=2 and empty
+    # (output channel, block) pairs included.
+    X = rng.standard_normal(xshape).astype(dtype)
+    Wdense = random_sparse_dense(rng, (16, 32, 3, 3), 0.5, dtype)
+    Wdense[3, 5:] = 0
+    bias = rng.standard_normal(16).astype(dtype)
+    check_conv(X, Wdense, bias=bias, padding=1, groups=2, algorithm=algorithm, rng=rng)
+    check_conv(X, Wdense, stride=2, padding=(0, 1), groups=2, algorithm=algorithm, rng=rng)
+
+
 @pytest.mark.parametrize("algorithm", ALGOS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_skipping_the_input_gradient(algorithm, dtype, rng):
