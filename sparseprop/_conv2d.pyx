@@ -302,9 +302,10 @@ def _plan(SparseConvWeight W, key, batch_last, int64_t L, C, H, Wd, OH, OW, sh, 
     b_hi_max = (pl + Wd - 1) // sw
     Hb = max(pt + H, (OH - 1) * sh + (KH - 1) * dh + 1)
     Wq = max(OWc + jq_max, b_hi_max + cv)
-    rowlen_x = sw * Wq * U
     Hdy = max(OH, a_hi_max + 1) + ih_max
     Wdy = max(OW, b_hi_max + cv) + jq_max
+    Wq = -(-Wq // cv) * cv      # whole vectors: packed rows start 32-byte aligned
+    rowlen_x = sw * Wq * U
     plan = {
         "batch_last": int(batch_last), "L": L, "U": U, "cv": cv,
         "C": C, "H": H, "W": Wd, "OC": OC, "OH": OH, "OW": OW,
