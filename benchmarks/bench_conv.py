@@ -6,7 +6,8 @@ Layers (float32, NCHW, uniform random sparsity):
   56x56s2  weight 128x64x3x3 on (32, 64, 56, 56), padding 1, stride 2
   1x1      weight 256x64x1x1 on (32, 64, 56, 56)
 For each thread count, layer, sparsity and algorithm it times, in the same
-process run:
+process run and interleaved round by round (so dense and sparse see the same
+machine load; each figure is the median over the rounds):
   dense   torch.nn.functional.conv2d forward, and its autograd backward
           (grad of X and W, as in training)
   sparse  sparseprop.conv2d_forward / conv2d_backward (dX and dW at nonzeros)
@@ -21,13 +22,15 @@ A full run takes about 5-10 minutes on 2 cores; pick layers/sparsities for a
 quick one.
 """
 import argparse
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, median_time, write_results  # noqa: E402
+from _common import machine_info, write_results  # noqa: E402
 
 # name -> (weight shape, input shape, stride, padding)
 LAYERS = {
@@ -46,64 +49,100 @@ REFERENCE = {
 }
 
 
-def run(threads, layers, sparsities, algorithms, repeats=7, seed=0):
+def interleaved_medians(fns, rounds, warmup=2):
+    """Median wall time of each closure in ``fns`` (a dict), timed round by
+    round - every closure once per round - so that all of them, dense and
+    sparse, see the same machine load (this machine is shared)."""
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def time_layer(name, T, sparsities, algorithms, repeats, rng):
+    """Rows of results for one layer at T threads (dense and sparse interleaved)."""
     import torch
     import torch.nn.functional as F
 
     import sparseprop as sp
+
+    wshape, xshape, stride, padding = LAYERS[name]
+    X = rng.standard_normal(xshape, dtype=np.float32)
+    W0 = rng.standard_normal(wshape, dtype=np.float32)
+    Xt = torch.from_numpy(X).requires_grad_(True)
+    Wt = torch.from_numpy(W0).requires_grad_(True)
+    Yt = F.conv2d(Xt, Wt, None, stride, padding)
+    dY = rng.standard_normal(tuple(Yt.shape), dtype=np.float32)
+    dYt = torch.from_numpy(dY)
+
+    def dense_fwd():
+        with torch.no_grad():
+            F.conv2d(Xt, Wt, None, stride, padding)
+
+    def dense_bwd():
+        torch.autograd.grad(Yt, (Xt, Wt), dYt, retain_graph=True)
+
+    def sparse(W, algo, backward):
+        if backward:
+            return lambda: sp.conv2d_backward(X, W, dY, stride, padding, algorithm=algo,
+                                              n_threads=T)
+        return lambda: sp.conv2d_forward(X, W, None, stride, padding, algorithm=algo,
+                                         n_threads=T)
+
+    fns = {"dense_fwd": dense_fwd, "dense_bwd": dense_bwd}
+    weights = {}
+    for s in sparsities:
+        Wd = W0.copy()
+        Wd[rng.random(wshape) < s] = 0.0
+        weights[s] = sp.SparseConvWeight.from_dense(Wd)
+        for algo in algorithms:
+            fns[("fwd", s, algo)] = sparse(weights[s], algo, False)
+            fns[("bwd", s, algo)] = sparse(weights[s], algo, True)
+    med = interleaved_medians(fns, repeats)
+    t_dense_fwd, t_dense_bwd = med["dense_fwd"], med["dense_bwd"]
+    B, _, OH, OW = dY.shape
+    flops_dense = 2.0 * np.prod(wshape) * B * OH * OW
+    rows = []
+    for s in sparsities:
+        W = weights[s]
+        flops_sparse = 2.0 * W.nnz * B * OH * OW
+        for algo in algorithms:
+            t_fwd, t_bwd = med[("fwd", s, algo)], med[("bwd", s, algo)]
+            chosen = sp.conv2d_algorithm(xshape, W, stride, padding) if algo == "auto" else algo
+            ref = REFERENCE.get(name, {}).get(s) if T == 1 else None
+            rows.append({
+                "layer": name, "weight": list(wshape), "input": list(xshape),
+                "stride": stride, "padding": padding, "threads": T, "sparsity": s,
+                "nnz": W.nnz, "algorithm": algo, "algorithm_used": chosen,
+                "dense_fwd_ms": 1e3 * t_dense_fwd, "dense_bwd_ms": 1e3 * t_dense_bwd,
+                "sparse_fwd_ms": 1e3 * t_fwd, "sparse_bwd_ms": 1e3 * t_bwd,
+                "speedup_fwd": t_dense_fwd / t_fwd, "speedup_bwd": t_dense_bwd / t_bwd,
+                "gflops_sparse_fwd": flops_sparse / t_fwd / 1e9,
+                "gflops_sparse_bwd": 2 * flops_sparse / t_bwd / 1e9,
+                "gflops_dense_fwd": flops_dense / t_dense_fwd / 1e9,
+                "gflops_dense_bwd": 2 * flops_dense / t_dense_bwd / 1e9,
+                "reference_speedup_fwd": ref[0] if ref else None,
+                "reference_speedup_bwd": ref[1] if ref else None,
+            })
+            print(_format_row(rows[-1]), flush=True)
+    return rows
+
+
+def run(threads, layers, sparsities, algorithms, repeats=7, seed=0):
+    import torch
 
     rng = np.random.default_rng(seed)
     rows = []
     for T in threads:
         torch.set_num_threads(T)
         for name in layers:
-            wshape, xshape, stride, padding = LAYERS[name]
-            X = rng.standard_normal(xshape, dtype=np.float32)
-            W0 = rng.standard_normal(wshape, dtype=np.float32)
-            Xt = torch.from_numpy(X).requires_grad_(True)
-            Wt = torch.from_numpy(W0).requires_grad_(True)
-            with torch.no_grad():
-                t_dense_fwd = median_time(lambda: F.conv2d(Xt, Wt, None, stride, padding),
-                                          warmup=2, repeats=repeats)
-            Yt = F.conv2d(Xt, Wt, None, stride, padding)
-            dY = rng.standard_normal(tuple(Yt.shape), dtype=np.float32)
-            dYt = torch.from_numpy(dY)
-            t_dense_bwd = median_time(
-                lambda: torch.autograd.grad(Yt, (Xt, Wt), dYt, retain_graph=True),
-                warmup=2, repeats=repeats)
-            del Yt
-            B, _, OH, OW = dY.shape
-            flops_dense = 2.0 * np.prod(wshape) * B * OH * OW
-            for s in sparsities:
-                Wd = W0.copy()
-                Wd[rng.random(wshape) < s] = 0.0
-                W = sp.SparseConvWeight.from_dense(Wd)
-                flops_sparse = 2.0 * W.nnz * B * OH * OW
-                for algo in algorithms:
-                    chosen = (sp.conv2d_algorithm(xshape, W, stride, padding)
-                              if algo == "auto" else algo)
-                    t_fwd = median_time(
-                        lambda: sp.conv2d_forward(X, W, None, stride, padding, algorithm=algo,
-                                                  n_threads=T), warmup=2, repeats=repeats)
-                    t_bwd = median_time(
-                        lambda: sp.conv2d_backward(X, W, dY, stride, padding, algorithm=algo,
-                                                   n_threads=T), warmup=2, repeats=repeats)
-                    ref = REFERENCE.get(name, {}).get(s) if T == 1 else None
-                    rows.append({
-                        "layer": name, "weight": list(wshape), "input": list(xshape),
-                        "stride": stride, "padding": padding, "threads": T, "sparsity": s,
-                        "nnz": W.nnz, "algorithm": algo, "algorithm_used": chosen,
-                        "dense_fwd_ms": 1e3 * t_dense_fwd, "dense_bwd_ms": 1e3 * t_dense_bwd,
-                        "sparse_fwd_ms": 1e3 * t_fwd, "sparse_bwd_ms": 1e3 * t_bwd,
-                        "speedup_fwd": t_dense_fwd / t_fwd, "speedup_bwd": t_dense_bwd / t_bwd,
-                        "gflops_sparse_fwd": flops_sparse / t_fwd / 1e9,
-                        "gflops_sparse_bwd": 2 * flops_sparse / t_bwd / 1e9,
-                        "gflops_dense_fwd": flops_dense / t_dense_fwd / 1e9,
-                        "gflops_dense_bwd": 2 * flops_dense / t_dense_bwd / 1e9,
-                        "reference_speedup_fwd": ref[0] if ref else None,
-                        "reference_speedup_bwd": ref[1] if ref else None,
-                    })
-                    print(_format_row(rows[-1]), flush=True)
+            rows += time_layer(name, T, sparsities, algorithms, repeats, rng)
     return rows
 
 
@@ -132,7 +171,7 @@ def main(argv=None):
                    default=[0.8, 0.9, 0.95, 0.98, 0.99])
     p.add_argument("--algorithms", nargs="+", default=["batch_last", "over_width", "auto"],
                    choices=["batch_last", "over_width", "auto"])
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=7, help="rounds (medians over them)")
     p.add_argument("--out", default="conv", help="results/<out>.json ('' to skip)")
     args = p.parse_args(argv)
     info = machine_info()
