@@ -419,6 +419,37 @@ def _split(cost, parts):
     return np.maximum.accumulate(bounds)
 
 
+def _channel_split(SparseConvWeight W, plan, kind, Tc):
+    """(bounds, n_ic, n_oc): ``Tc`` contiguous ranges of output channels
+    (kind "fwd") or input channels ("bwd") of about equal work, and the most
+    input and output channels one range touches (through its groups).
+    Cached in the plan (per mask and geometry)."""
+    key = ("split", kind, Tc)
+    cached = plan.get(key)
+    if cached is None:
+        OC, C, ICg, OCg = plan["OC"], plan["C"], plan["ICg"], plan["OCg"]
+        if kind == "fwd":
+            bounds = (_split(np.diff(W.och) + 4, Tc) if Tc > 1
+                      else np.array([0, OC], dtype=np.int64))
+        else:
+            ic = _global_ic(W, plan)[1]
+            bounds = (_split(np.bincount(ic, minlength=C) + 4, Tc) if Tc > 1
+                      else np.array([0, C], dtype=np.int64))
+        n_ic = n_oc = 0
+        for i in range(Tc):
+            a, b = int(bounds[i]), int(bounds[i + 1])
+            if b > a:
+                if kind == "fwd":
+                    n_ic = max(n_ic, ((b - 1) // OCg + 1 - a // OCg) * ICg)
+                    n_oc = max(n_oc, b - a)
+                else:
+                    n_ic = max(n_ic, b - a)
+                    n_oc = max(n_oc, ((b - 1) // ICg + 1 - a // ICg) * OCg)
+        bounds.flags.writeable = False
+        cached = plan[key] = (bounds, n_ic, n_oc)
+    return cached
+
+
 def _task_grid(int T, int64_t n_units, int64_t n_chan):
     """(Tb, Tc): batch groups x channel ranges, Tb * Tc <= T.
 
@@ -526,11 +557,7 @@ def conv2d_forward(X, W, bias=None, stride=1, padding=0, dilation=1, groups=1,
     Tb, Tc = _task_grid(T, n_units, OC)
     cdef int64_t tb_n = Tb, tc_n = Tc, tasks = Tb * Tc
     och = W.och
-    oc_bounds = _split(np.diff(och) + 4, Tc)
-    cdef int64_t OCg = OC // g, ICg = W.shape[1]
-    n_ic = max(((int(oc_bounds[i + 1]) - 1) // OCg + 1 - int(oc_bounds[i]) // OCg) * ICg
-               for i in range(Tc) if oc_bounds[i + 1] > oc_bounds[i])
-    n_oc = int(np.diff(oc_bounds).max())
+    oc_bounds, n_ic, n_oc = _channel_split(W, plan, "fwd", Tc)
     cdef int itemsize = dtype.itemsize
     cdef int64_t per_task = (sp_conv_fwd_scratch(&geom, n_ic, n_oc) * itemsize + 63) // 64 * 64
     buf = scratch(per_task * tasks)
@@ -649,17 +676,7 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
     cdef int T = T0 if 2 * B * OH * OW * (nnz + OC) >= _SERIAL_WORK else 1
     Tb, Tc = _task_grid(T, n_units, C)
     cdef int64_t tb_n = Tb, tc_n = Tc, tasks = Tb * Tc
-    ncls = sh * sw
-    per_ic = np.diff(lptr[::ncls])
-    ic_bounds = _split(per_ic + 4, Tc)
-    cdef int64_t OCg = OC // g, ICg = W.shape[1]
-    n_ic = 0
-    n_oc = 0
-    for i in range(Tc):
-        c0, c1 = int(ic_bounds[i]), int(ic_bounds[i + 1])
-        if c1 > c0:
-            n_ic = max(n_ic, c1 - c0)
-            n_oc = max(n_oc, ((c1 - 1) // ICg + 1 - c0 // ICg) * OCg)
+    ic_bounds, n_ic, n_oc = _channel_split(W, plan, "bwd", Tc)
     cdef int itemsize = dtype.itemsize
     cdef int64_t per_task = (sp_conv_bwd_scratch(&geom, n_ic, n_oc, need_dx) * itemsize
                              + 63) // 64 * 64

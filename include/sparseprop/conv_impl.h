@@ -197,6 +197,115 @@ static const SP_FN(sp_cw_bwd_tile_t) SP_FN(sp_cw_bwdw_tiles)[SP_CONV_MAX_R][SP_C
 
 /* ---- packing ------------------------------------------------------------ */
 
+/* ---- batch-last transposes (a position holds SP_CW_L lanes, one per image) */
+#if SP_CUR_ISA != SP_ISA_SCALAR
+/* In-register transpose of SP_CW_L x SP_CW_L (8x8 float, 4x4 double). */
+SP_ALWAYS_INLINE void SP_FN(sp_cw_tr)(SP_CW_V* r)
+{
+#if SP_CUR_F64
+    const __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+    const __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+    r[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+    r[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+    r[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+    r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+#else
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+    r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+    r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+    r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+    r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+#endif
+}
+
+/* Mask of the first m lanes (0 < m <= SP_CW_L). */
+SP_ALWAYS_INLINE __m256i SP_FN(sp_cw_mask)(int64_t m)
+{
+#if SP_CUR_F64
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(m), _mm256_setr_epi64x(0, 1, 2, 3));
+#else
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+#endif
+}
+#if SP_CUR_F64
+#define SP_CW_MLOAD(p, m) _mm256_maskload_pd((p), (m))
+#define SP_CW_MSTORE(p, m, v) _mm256_maskstore_pd((p), (m), (v))
+#else
+#define SP_CW_MLOAD(p, m) _mm256_maskload_ps((p), (m))
+#define SP_CW_MSTORE(p, m, v) _mm256_maskstore_ps((p), (m), (v))
+#endif
+#endif
+
+/* dst[w*L + l] = src[l*lds + w] for w < n, l < rows; lanes rows..L-1 of dst
+ * are set to zero.  (Images -> batch-last positions.) */
+static void SP_FN(sp_cw_to_lanes)(const SP_T* SP_RESTRICT src, int64_t lds, int64_t rows,
+                                  int64_t n, SP_T* SP_RESTRICT dst)
+{
+#if SP_CUR_ISA == SP_ISA_SCALAR
+    for (int64_t w = 0; w < n; w++)
+        dst[w] = rows > 0 ? src[w] : (SP_T)0;
+#else
+    for (int64_t w0 = 0; w0 < n; w0 += SP_CW_L) {
+        const int64_t m = SP_MIN((int64_t)SP_CW_L, n - w0);
+        const __m256i mask = SP_FN(sp_cw_mask)(m);
+        SP_CW_V r[SP_CW_L];
+        for (int l = 0; l < SP_CW_L; l++) {
+            if (l >= rows)
+                r[l] = SP_CW_SET1(0);
+            else if (m == SP_CW_L)
+                r[l] = SP_CW_LOAD(src + l * lds + w0);
+            else /* masked: never reads past the row */
+                r[l] = SP_CW_MLOAD(src + l * lds + w0, mask);
+        }
+        SP_FN(sp_cw_tr)(r);
+        for (int64_t j = 0; j < m; j++)
+            SP_CW_STORE(dst + (w0 + j) * SP_CW_L, r[j]);
+    }
+#endif
+}
+
+/* dst[l*ldd + w] = src[w*L + l] for w < n, l < rows.  (Batch-last positions
+ * -> images.) */
+static void SP_FN(sp_cw_from_lanes)(const SP_T* SP_RESTRICT src, int64_t n, int64_t rows,
+                                    SP_T* SP_RESTRICT dst, int64_t ldd)
+{
+#if SP_CUR_ISA == SP_ISA_SCALAR
+    if (rows > 0)
+        for (int64_t w = 0; w < n; w++)
+            dst[w] = src[w];
+#else
+    for (int64_t w0 = 0; w0 < n; w0 += SP_CW_L) {
+        const int64_t m = SP_MIN((int64_t)SP_CW_L, n - w0);
+        const __m256i mask = SP_FN(sp_cw_mask)(m);
+        SP_CW_V r[SP_CW_L];
+        for (int j = 0; j < SP_CW_L; j++)
+            r[j] = j < m ? SP_CW_LOAD(src + (w0 + j) * SP_CW_L) : SP_CW_SET1(0);
+        SP_FN(sp_cw_tr)(r);
+        for (int64_t l = 0; l < rows; l++) {
+            if (m == SP_CW_L)
+                SP_CW_STORE(dst + l * ldd + w0, r[l]);
+            else /* masked: never writes past the row */
+                SP_CW_MSTORE(dst + l * ldd + w0, mask, r[l]);
+        }
+    }
+#endif
+}
+
 /* dst[0..n) = src[0..n) (short rows: no library call) */
 SP_ALWAYS_INLINE void SP_FN(sp_cw_copy)(const SP_T* SP_RESTRICT src, int64_t n,
                                         SP_T* SP_RESTRICT dst)
@@ -286,11 +395,9 @@ static void SP_FN(sp_cw_pack_x)(const sp_conv_geom* g, const SP_T* X, int64_t sx
                 const int64_t b0 = u * g->L, rows = SP_MIN(g->L, g->B - b0);
                 const SP_T* src = X + b0 * sxb + c * sxc + h * sxh;
                 if (sw == 1) {
-                    SP_FN(sp_transpose)(src, sxb, row + pl * U, U, rows, W);
+                    SP_FN(sp_cw_to_lanes)(src, sxb, rows, W, row + pl * U);
                 } else {
-                    if (rows < U)
-                        memset(tmp, 0, (size_t)(W * U) * sizeof(SP_T));
-                    SP_FN(sp_transpose)(src, sxb, tmp, U, rows, W);
+                    SP_FN(sp_cw_to_lanes)(src, sxb, rows, W, tmp);
                     for (int64_t w = 0; w < W; w++) {
                         const int64_t wp = w + pl;
                         memcpy(row + ((wp % sw) * Wq + wp / sw) * U, tmp + w * U,
@@ -326,7 +433,7 @@ static void SP_FN(sp_cw_pack_dy)(const sp_conv_geom* g, const SP_T* dY, int64_t 
             SP_T* dst = buf + (o - o0) * g->plane_dy + (p + g->TP) * g->rowlen_dy + g->LP * U;
             if (g->batch_last) {
                 const int64_t b0 = u * g->L, rows = SP_MIN(g->L, g->B - b0);
-                SP_FN(sp_transpose)(dY + b0 * syb + o * syc + p * syh, syb, dst, U, rows, g->OW);
+                SP_FN(sp_cw_to_lanes)(dY + b0 * syb + o * syc + p * syh, syb, rows, g->OW, dst);
             } else {
                 memcpy(dst, dY + u * syb + o * syc + p * syh, (size_t)g->OW * sizeof(SP_T));
             }
@@ -348,14 +455,14 @@ static void SP_FN(sp_cw_unpack_dx)(const sp_conv_geom* g, SP_T* dX, int64_t u, i
                 const int64_t b0 = u * g->L, rows = SP_MIN(g->L, g->B - b0);
                 SP_T* dst = dX + b0 * sdb + c * sdc + h * W;
                 if (sw == 1) {
-                    SP_FN(sp_transpose)(row + pl * U, U, dst, sdb, W, rows);
+                    SP_FN(sp_cw_from_lanes)(row + pl * U, W, rows, dst, sdb);
                 } else {
                     for (int64_t w = 0; w < W; w++) {
                         const int64_t wp = w + pl;
                         memcpy(tmp + w * U, row + ((wp % sw) * Wq + wp / sw) * U,
                                (size_t)U * sizeof(SP_T));
                     }
-                    SP_FN(sp_transpose)(tmp, U, dst, sdb, W, rows);
+                    SP_FN(sp_cw_from_lanes)(tmp, W, rows, dst, sdb);
                 }
             } else {
                 SP_T* dst = dX + u * sdb + c * sdc + h * W;
@@ -452,7 +559,7 @@ static void SP_FN(sp_conv_fwd)(const sp_conv_fwd_args* a, int64_t u0, int64_t u1
                     const SP_T* bo = band + (o - o0) * bplane;
                     SP_T* yrow = Y + ((b0 * OC + o) * OH + p0) * OW;
                     if (g->batch_last) {
-                        SP_FN(sp_transpose)(bo, U, yrow, OC * OH * OW, r * OW, rows);
+                        SP_FN(sp_cw_from_lanes)(bo, r * OW, rows, yrow, OC * OH * OW);
                         continue;
                     }
                     for (int rr = 0; rr < r; rr++, yrow += OW, bo += brow)
@@ -485,7 +592,7 @@ static void SP_FN(sp_conv_fwd)(const sp_conv_fwd_args* a, int64_t u0, int64_t u1
                     }
                 }
                 if (g->batch_last) /* (r*OW, lanes) -> rows p0.. of Y[b0 + lane, o] */
-                    SP_FN(sp_transpose)(band, U, yplane + p0 * OW, OC * OH * OW, r * OW, rows);
+                    SP_FN(sp_cw_from_lanes)(band, r * OW, rows, yplane + p0 * OW, OC * OH * OW);
             }
         }
     }
@@ -629,6 +736,8 @@ static void SP_FN(sp_conv_gather)(const void* data_, const int64_t* perm, void* 
 #undef SP_CW_ADD
 #undef SP_CW_FMA
 #undef SP_CW_PIN
+#undef SP_CW_MLOAD
+#undef SP_CW_MSTORE
 #undef SP_CW_FWD_ACC
 #undef SP_CW_BWD_ACC
 #undef SP_CW_DEF
