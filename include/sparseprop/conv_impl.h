@@ -233,7 +233,21 @@ SP_ALWAYS_INLINE void SP_FN(sp_cw_tr)(SP_CW_V* r)
 #endif
 }
 
-/* Mask of the first m lanes (0 < m <= SP_CW_L). */
+/* Mask of the first m lanes (0 < m <= SP_CW_L): an AVX-512 k-mask (fast
+ * masked moves), or a vector mask for AVX2's vmaskmov (slow stores on AMD,
+ * but only the scalar-free fallback). */
+#if SP_CUR_ISA == SP_ISA_AVX512
+typedef __mmask8 SP_FN(sp_cw_mask_t);
+SP_ALWAYS_INLINE __mmask8 SP_FN(sp_cw_mask)(int64_t m) { return (__mmask8)((1u << m) - 1u); }
+#if SP_CUR_F64
+#define SP_CW_MLOAD(p, m) _mm256_maskz_loadu_pd((m), (p))
+#define SP_CW_MSTORE(p, m, v) _mm256_mask_storeu_pd((p), (m), (v))
+#else
+#define SP_CW_MLOAD(p, m) _mm256_maskz_loadu_ps((m), (p))
+#define SP_CW_MSTORE(p, m, v) _mm256_mask_storeu_ps((p), (m), (v))
+#endif
+#else
+typedef __m256i SP_FN(sp_cw_mask_t);
 SP_ALWAYS_INLINE __m256i SP_FN(sp_cw_mask)(int64_t m)
 {
 #if SP_CUR_F64
@@ -250,6 +264,7 @@ SP_ALWAYS_INLINE __m256i SP_FN(sp_cw_mask)(int64_t m)
 #define SP_CW_MSTORE(p, m, v) _mm256_maskstore_ps((p), (m), (v))
 #endif
 #endif
+#endif
 
 /* dst[w*L + l] = src[l*lds + w] for w < n, l < rows; lanes rows..L-1 of dst
  * are set to zero.  (Images -> batch-last positions.) */
@@ -262,7 +277,7 @@ static void SP_FN(sp_cw_to_lanes)(const SP_T* SP_RESTRICT src, int64_t lds, int6
 #else
     for (int64_t w0 = 0; w0 < n; w0 += SP_CW_L) {
         const int64_t m = SP_MIN((int64_t)SP_CW_L, n - w0);
-        const __m256i mask = SP_FN(sp_cw_mask)(m);
+        const SP_FN(sp_cw_mask_t) mask = SP_FN(sp_cw_mask)(m);
         SP_CW_V r[SP_CW_L];
         for (int l = 0; l < SP_CW_L; l++) {
             if (l >= rows)
@@ -291,7 +306,7 @@ static void SP_FN(sp_cw_from_lanes)(const SP_T* SP_RESTRICT src, int64_t n, int6
 #else
     for (int64_t w0 = 0; w0 < n; w0 += SP_CW_L) {
         const int64_t m = SP_MIN((int64_t)SP_CW_L, n - w0);
-        const __m256i mask = SP_FN(sp_cw_mask)(m);
+        const SP_FN(sp_cw_mask_t) mask = SP_FN(sp_cw_mask)(m);
         SP_CW_V r[SP_CW_L];
         for (int j = 0; j < SP_CW_L; j++)
             r[j] = j < m ? SP_CW_LOAD(src + (w0 + j) * SP_CW_L) : SP_CW_SET1(0);
