@@ -275,6 +275,33 @@ def test_nan_reaches_only_stored_weights(rng):
         assert np.isnan(dW[oc == 2]).all() and np.isfinite(dW[oc != 2]).all()
 
 
+@pytest.mark.parametrize("algorithm", ALGOS)
+def test_stale_scratch_never_leaks(algorithm, rng):
+    # The kernels zero only the borders of their reused buffers; poison the
+    # scratch memory with NaN before every call to prove nothing else is read.
+    from sparseprop import _checks
+
+    def poison():
+        _checks.scratch(1 << 24)[:] = 0xFF      # 0xFFFFFFFF is a NaN
+    for dtype, B, C, H, Wd, stride, padding in [
+            (np.float32, 11, 6, 9, 13, 1, 1), (np.float64, 5, 4, 12, 7, 2, (2, 1)),
+            (np.float32, 3, 4, 20, 21, 3, 0), (np.float32, 9, 5, 7, 7, 1, "same")]:
+        X = rng.standard_normal((B, C, H, Wd)).astype(dtype)
+        Wdense = random_sparse_dense(rng, (7, C, 3, 3), 0.5, dtype)
+        W = sp.SparseConvWeight.from_dense(Wdense)
+        poison()
+        Y = sp.conv2d_forward(X, W, None, stride, padding, algorithm=algorithm)
+        Yr, _, _ = reference(X, Wdense, None, None, stride, padding, 1, 1)
+        np.testing.assert_allclose(Y, Yr, rtol=1e-4, atol=1e-4)
+        dY = rng.standard_normal(Y.shape).astype(dtype)
+        poison()
+        dX, dW = sp.conv2d_backward(X, W, dY, stride, padding, algorithm=algorithm)
+        _, dXr, dWr = reference(X, Wdense, dY, None, stride, padding, 1, 1)
+        np.testing.assert_allclose(dX, dXr, rtol=1e-4, atol=1e-4)
+        oc, ic, kr, kc = W._coords()
+        np.testing.assert_allclose(dW, dWr[oc, ic, kr, kc], rtol=1e-4, atol=1e-3)
+
+
 def test_results_are_deterministic(rng):
     X = rng.standard_normal((17, 16, 14, 14)).astype(np.float32)
     W = sp.SparseConvWeight.from_dense(random_sparse_dense(rng, (24, 16, 3, 3), 0.8))

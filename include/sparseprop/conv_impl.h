@@ -396,6 +396,50 @@ static void SP_FN(sp_cw_merge2)(const SP_T* SP_RESTRICT ev, const SP_T* SP_RESTR
         dst[i] = ev[i / 2];
 }
 
+/* Zero every position of the packed input (n channels) that packing never
+ * writes: padding, the ghost columns of each phase and rows past the image.
+ * Packing rewrites the rest for each unit (all lanes: to_lanes zeroes the
+ * lanes of missing images), so this is done once per call. */
+static void SP_FN(sp_cw_zero_x_border)(const sp_conv_geom* g, SP_T* buf, int64_t n)
+{
+    const int64_t U = g->U, Wq = g->Wq, sw = g->sw, rl = g->rowlen_x;
+    const int64_t top = g->pt, bottom = g->Hb - g->pt - g->H;
+    for (int64_t c = 0; c < n; c++) {
+        SP_T* plane = buf + c * g->plane_x;
+        memset(plane, 0, (size_t)(top * rl) * sizeof(SP_T));
+        memset(plane + (top + g->H) * rl, 0, (size_t)(bottom * rl) * sizeof(SP_T));
+        for (int64_t h = top; h < top + g->H; h++) {
+            for (int64_t wph = 0; wph < sw; wph++) {
+                SP_T* seg = plane + h * rl + wph * Wq * U;
+                /* data units of this phase: b*sw + wph in [pl, pl + W) */
+                const int64_t b_lo = SP_MIN(Wq, SP_MAX(0, (g->pl - wph + sw - 1) / sw));
+                int64_t b_end = (g->pl + g->W - 1 - wph) >= 0 ? (g->pl + g->W - 1 - wph) / sw + 1 : 0;
+                b_end = SP_MAX(b_lo, SP_MIN(Wq, b_end));
+                memset(seg, 0, (size_t)(b_lo * U) * sizeof(SP_T));
+                memset(seg + b_end * U, 0, (size_t)((Wq - b_end) * U) * sizeof(SP_T));
+            }
+        }
+    }
+}
+
+/* The same for the packed dY (n output channels). */
+static void SP_FN(sp_cw_zero_dy_border)(const sp_conv_geom* g, SP_T* buf, int64_t n)
+{
+    const int64_t U = g->U, rl = g->rowlen_dy;
+    const int64_t top = g->TP, bottom = g->Hdy - g->TP - g->OH;
+    for (int64_t o = 0; o < n; o++) {
+        SP_T* plane = buf + o * g->plane_dy;
+        memset(plane, 0, (size_t)(top * rl) * sizeof(SP_T));
+        memset(plane + (top + g->OH) * rl, 0, (size_t)(bottom * rl) * sizeof(SP_T));
+        for (int64_t p = top; p < top + g->OH; p++) {
+            SP_T* row = plane + p * rl;
+            memset(row, 0, (size_t)(g->LP * U) * sizeof(SP_T));
+            memset(row + (g->LP + g->OW) * U, 0,
+                   (size_t)((g->Wdy - g->LP - g->OW) * U) * sizeof(SP_T));
+        }
+    }
+}
+
 /* X[unit] channels [c0, c1) -> buf ([c - c0][Hb][sw][Wq][U], zero elsewhere).
  * tmp: W*U elements.  Only the data positions are written. */
 static void SP_FN(sp_cw_pack_x)(const sp_conv_geom* g, const SP_T* X, int64_t sxb, int64_t sxc,
@@ -541,12 +585,10 @@ static void SP_FN(sp_conv_fwd)(const sp_conv_fwd_args* a, int64_t u0, int64_t u1
      * made no difference beyond noise */
     const int blocked = icb < ICg;
 
-    memset(xbuf, 0, (size_t)xsize * sizeof(SP_T));
+    SP_FN(sp_cw_zero_x_border)(g, xbuf, c1 - c0);
     for (int64_t u = u0; u < u1; u++) {
         const int64_t b0 = g->batch_last ? u * L : u;
         const int64_t rows = g->batch_last ? SP_MIN(L, g->B - b0) : 1;
-        if (g->batch_last && rows < L) /* last chunk: unused lanes must be zero */
-            memset(xbuf, 0, (size_t)xsize * sizeof(SP_T));
         SP_FN(sp_cw_pack_x)(g, X, a->sxb, a->sxc, a->sxh, u, c0, c1, xbuf, tmp);
         /* row bands outermost: a band's input rows (all channels) stay in
          * cache while every output channel of the task reads them */
@@ -649,14 +691,9 @@ static void SP_FN(sp_conv_bwd)(const sp_conv_bwd_args* a, int64_t u0, int64_t u1
     }
     if (u0 >= u1)
         return;
-    memset(xbuf, 0, (size_t)xsize * sizeof(SP_T));
-    memset(dybuf, 0, (size_t)dysize * sizeof(SP_T));
+    SP_FN(sp_cw_zero_x_border)(g, xbuf, c1 - c0);
+    SP_FN(sp_cw_zero_dy_border)(g, dybuf, o1 - o0);
     for (int64_t u = u0; u < u1; u++) {
-        const int64_t rows = g->batch_last ? SP_MIN(L, g->B - u * L) : 1;
-        if (g->batch_last && rows < L) { /* last chunk: unused lanes must be zero */
-            memset(xbuf, 0, (size_t)xsize * sizeof(SP_T));
-            memset(dybuf, 0, (size_t)dysize * sizeof(SP_T));
-        }
         SP_FN(sp_cw_pack_x)(g, (const SP_T*)a->X, a->sxb, a->sxc, a->sxh, u, c0, c1, xbuf, tmp);
         SP_FN(sp_cw_pack_dy)(g, (const SP_T*)a->dY, a->syb, a->syc, a->syh, u, o0, o1, dybuf);
         /* row bands outermost: a band's dY rows (all output channels) stay in
