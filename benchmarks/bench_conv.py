@@ -163,6 +163,38 @@ def _format_row(r):
             f" | {ref}")
 
 
+def markdown(rows):
+    """A markdown table: per layer and sparsity, fwd/bwd speedup of each
+    algorithm per thread count, and the reference implementation's figures."""
+    threads = sorted({r["threads"] for r in rows})
+    algos = [a for a in ("auto", "batch_last", "over_width")
+             if any(r["algorithm"] == a for r in rows)]
+    head = ["layer", "sparsity"] + [f"{a} {t}T fwd/bwd" for t in threads for a in algos]
+    head += ["reference 1T fwd/bwd"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    keys = []
+    for r in rows:
+        if (r["layer"], r["sparsity"]) not in keys:
+            keys.append((r["layer"], r["sparsity"]))
+    for layer, s in keys:
+        cells = [layer, f"{s:.2f}"]
+        ref = "-"
+        for t in threads:
+            for a in algos:
+                m = [r for r in rows if (r["layer"], r["sparsity"], r["threads"],
+                                         r["algorithm"]) == (layer, s, t, a)]
+                if not m:
+                    cells.append("")
+                    continue
+                r = m[0]
+                note = f" ({r['algorithm_used'][:2]})" if a == "auto" else ""
+                cells.append(f"{r['speedup_fwd']:.2f}x / {r['speedup_bwd']:.2f}x{note}")
+                if r["reference_speedup_fwd"]:
+                    ref = f"{r['reference_speedup_fwd']:.2f}x / {r['reference_speedup_bwd']:.2f}x"
+        out.append("| " + " | ".join(cells + [ref]) + " |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -180,6 +212,8 @@ def main(argv=None):
     print(HEADER)
     rows = run(args.threads, args.layers, args.sparsities, args.algorithms,
                repeats=args.repeats)
+    print()
+    print(markdown(rows))
     if args.out:
         info["loadavg_1min_end"] = machine_info()["loadavg_1min"]
         path = write_results(args.out, {"machine": info, "rows": rows})
