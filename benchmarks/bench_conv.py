@@ -49,23 +49,30 @@ REFERENCE = {
 }
 
 
-def interleaved_medians(fns, rounds, warmup=2):
-    """Median wall time of each closure in ``fns`` (a dict), timed round by
-    round - every closure once per round - so that all of them, dense and
-    sparse, see the same machine load (this machine is shared)."""
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
+def interleaved_medians(fns, rounds, warmup=2, clock="wall"):
+    """Median time of each closure in ``fns`` (a dict), timed round by round -
+    every closure once per round - so that all of them, dense and sparse, see
+    the same machine load (this machine is shared).  ``clock="thread"`` times
+    the calling thread's CPU time: with one thread, torch and sparseprop both
+    compute in the calling thread, and time spent descheduled by other
+    processes is not counted."""
+    now = CLOCKS[clock]
     for f in fns.values():
         for _ in range(warmup):
             f()
     times = {k: [] for k in fns}
     for _ in range(rounds):
         for k, f in fns.items():
-            t0 = time.perf_counter()
+            t0 = now()
             f()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(now() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def time_layer(name, T, sparsities, algorithms, repeats, rng):
+def time_layer(name, T, sparsities, algorithms, repeats, rng, clock="wall"):
     """Rows of results for one layer at T threads (dense and sparse interleaved)."""
     import torch
     import torch.nn.functional as F
@@ -104,7 +111,7 @@ def time_layer(name, T, sparsities, algorithms, repeats, rng):
         for algo in algorithms:
             fns[("fwd", s, algo)] = sparse(weights[s], algo, False)
             fns[("bwd", s, algo)] = sparse(weights[s], algo, True)
-    med = interleaved_medians(fns, repeats)
+    med = interleaved_medians(fns, repeats, clock=clock)
     t_dense_fwd, t_dense_bwd = med["dense_fwd"], med["dense_bwd"]
     B, _, OH, OW = dY.shape
     flops_dense = 2.0 * np.prod(wshape) * B * OH * OW
@@ -119,6 +126,7 @@ def time_layer(name, T, sparsities, algorithms, repeats, rng):
             rows.append({
                 "layer": name, "weight": list(wshape), "input": list(xshape),
                 "stride": stride, "padding": padding, "threads": T, "sparsity": s,
+                "clock": clock,
                 "nnz": W.nnz, "algorithm": algo, "algorithm_used": chosen,
                 "dense_fwd_ms": 1e3 * t_dense_fwd, "dense_bwd_ms": 1e3 * t_dense_bwd,
                 "sparse_fwd_ms": 1e3 * t_fwd, "sparse_bwd_ms": 1e3 * t_bwd,
@@ -134,7 +142,7 @@ def time_layer(name, T, sparsities, algorithms, repeats, rng):
     return rows
 
 
-def run(threads, layers, sparsities, algorithms, repeats=7, seed=0):
+def run(threads, layers, sparsities, algorithms, repeats=7, seed=0, clock="wall"):
     import torch
 
     rng = np.random.default_rng(seed)
@@ -142,7 +150,7 @@ def run(threads, layers, sparsities, algorithms, repeats=7, seed=0):
     for T in threads:
         torch.set_num_threads(T)
         for name in layers:
-            rows += time_layer(name, T, sparsities, algorithms, repeats, rng)
+            rows += time_layer(name, T, sparsities, algorithms, repeats, rng, clock)
     return rows
 
 
@@ -204,18 +212,23 @@ def main(argv=None):
     p.add_argument("--algorithms", nargs="+", default=["batch_last", "over_width", "auto"],
                    choices=["batch_last", "over_width", "auto"])
     p.add_argument("--repeats", type=int, default=7, help="rounds (medians over them)")
+    p.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                   help="wall time, or the calling thread's CPU time (1 thread only)")
     p.add_argument("--out", default="conv", help="results/<out>.json ('' to skip)")
     args = p.parse_args(argv)
+    if args.clock == "thread" and args.threads != [1]:
+        p.error("--clock thread measures one thread: use it with --threads 1")
     info = machine_info()
     print(f"# sparse conv2d, float32 - {info['cpu']}, ISA {info['isa']}, "
-          f"load {info['loadavg_1min']}")
+          f"load {info['loadavg_1min']}, clock {args.clock}")
     print(HEADER)
     rows = run(args.threads, args.layers, args.sparsities, args.algorithms,
-               repeats=args.repeats)
+               repeats=args.repeats, clock=args.clock)
     print()
     print(markdown(rows))
     if args.out:
         info["loadavg_1min_end"] = machine_info()["loadavg_1min"]
+        info["clock"] = args.clock
         path = write_results(args.out, {"machine": info, "rows": rows})
         print(f"# wrote {path}")
 
