@@ -22,15 +22,22 @@
  * Every stored weight becomes one precomputed offset into that buffer
  * (channel, tap row * dilation, tap phase and unit), so the inner loops are
  * the same for every stride, dilation and padding:
- *   - forward (output-stationary): for each output channel, a register tile
- *     of R output rows x NC vectors accumulates over the channel's nonzeros,
- *     one broadcast and R*NC load+FMA per nonzero;
+ *   - forward (output-stationary): for each band of R output rows and each
+ *     output channel, a register tile of R rows x NC vectors accumulates over
+ *     the channel's nonzeros, one broadcast and R*NC load+FMA per nonzero.
+ *     Bands are the outer loop (their input rows stay in cache for every
+ *     output channel) and input channels are cut into blocks whose band rows
+ *     fit in L1, each (output channel, block) slice of the weights found
+ *     through the paper's per-(oc, ic) offsets; partial tiles then live in a
+ *     band buffer;
  *   - backward (input-stationary, fused): for each input channel and each
  *     (row phase, column phase) class, a tile of R x NC input vectors keeps X
  *     and the dX accumulators in registers; every stored weight of that
  *     channel and class loads its dY vectors once and feeds both the dX FMA
  *     (v * dY) and the dW FMA (dY * X).  dW partials are vectors per weight,
- *     summed over lanes (and over batch groups) once at the end.
+ *     summed over lanes (and over batch groups) once at the end.  Row bands
+ *     are again the outer loop, so a band's dY rows stay in cache for every
+ *     input channel.
  * dY is packed [out channel][row + TP][col + LP][U] with zero borders so a
  * tap whose output falls outside the image reads zeros.
  *
