@@ -52,14 +52,16 @@ REFERENCE = {
 CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
 
 
-def interleaved_medians(fns, rounds, warmup=2, clock="wall"):
-    """Median time of each closure in ``fns`` (a dict), timed round by round -
+def interleaved_medians(fns, rounds, warmup=2, clock="wall", stat="median"):
+    """Median (or min) time of each closure in ``fns`` (a dict), timed round by round -
     every closure once per round - so that all of them, dense and sparse, see
     the same machine load (this machine is shared).  ``clock="thread"`` times
     the calling thread's CPU time: with one thread, torch and sparseprop both
     compute in the calling thread, and time spent descheduled by other
-    processes is not counted."""
+    processes is not counted.  ``stat="min"`` keeps each closure's least
+    disturbed round (for threaded runs on a busy machine)."""
     now = CLOCKS[clock]
+    reduce = statistics.median if stat == "median" else min
     for f in fns.values():
         for _ in range(warmup):
             f()
@@ -69,10 +71,10 @@ def interleaved_medians(fns, rounds, warmup=2, clock="wall"):
             t0 = now()
             f()
             times[k].append(now() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: reduce(v) for k, v in times.items()}
 
 
-def time_layer(name, T, sparsities, algorithms, repeats, rng, clock="wall"):
+def time_layer(name, T, sparsities, algorithms, repeats, rng, clock="wall", stat="median"):
     """Rows of results for one layer at T threads (dense and sparse interleaved)."""
     import torch
     import torch.nn.functional as F
@@ -111,7 +113,7 @@ def time_layer(name, T, sparsities, algorithms, repeats, rng, clock="wall"):
         for algo in algorithms:
             fns[("fwd", s, algo)] = sparse(weights[s], algo, False)
             fns[("bwd", s, algo)] = sparse(weights[s], algo, True)
-    med = interleaved_medians(fns, repeats, clock=clock)
+    med = interleaved_medians(fns, repeats, clock=clock, stat=stat)
     t_dense_fwd, t_dense_bwd = med["dense_fwd"], med["dense_bwd"]
     B, _, OH, OW = dY.shape
     flops_dense = 2.0 * np.prod(wshape) * B * OH * OW
@@ -126,7 +128,7 @@ def time_layer(name, T, sparsities, algorithms, repeats, rng, clock="wall"):
             rows.append({
                 "layer": name, "weight": list(wshape), "input": list(xshape),
                 "stride": stride, "padding": padding, "threads": T, "sparsity": s,
-                "clock": clock,
+                "clock": clock, "stat": stat,
                 "nnz": W.nnz, "algorithm": algo, "algorithm_used": chosen,
                 "dense_fwd_ms": 1e3 * t_dense_fwd, "dense_bwd_ms": 1e3 * t_dense_bwd,
                 "sparse_fwd_ms": 1e3 * t_fwd, "sparse_bwd_ms": 1e3 * t_bwd,
@@ -142,7 +144,8 @@ def time_layer(name, T, sparsities, algorithms, repeats, rng, clock="wall"):
     return rows
 
 
-def run(threads, layers, sparsities, algorithms, repeats=7, seed=0, clock="wall"):
+def run(threads, layers, sparsities, algorithms, repeats=7, seed=0, clock="wall",
+        stat="median"):
     import torch
 
     rng = np.random.default_rng(seed)
@@ -150,7 +153,7 @@ def run(threads, layers, sparsities, algorithms, repeats=7, seed=0, clock="wall"
     for T in threads:
         torch.set_num_threads(T)
         for name in layers:
-            rows += time_layer(name, T, sparsities, algorithms, repeats, rng, clock)
+            rows += time_layer(name, T, sparsities, algorithms, repeats, rng, clock, stat)
     return rows
 
 
@@ -214,21 +217,24 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=7, help="rounds (medians over them)")
     p.add_argument("--clock", choices=list(CLOCKS), default="wall",
                    help="wall time, or the calling thread's CPU time (1 thread only)")
+    p.add_argument("--stat", choices=["median", "min"], default="median",
+                   help="per closure over the rounds (min: least disturbed round)")
     p.add_argument("--out", default="conv", help="results/<out>.json ('' to skip)")
     args = p.parse_args(argv)
     if args.clock == "thread" and args.threads != [1]:
         p.error("--clock thread measures one thread: use it with --threads 1")
     info = machine_info()
     print(f"# sparse conv2d, float32 - {info['cpu']}, ISA {info['isa']}, "
-          f"load {info['loadavg_1min']}, clock {args.clock}")
+          f"load {info['loadavg_1min']}, clock {args.clock}, {args.stat} of {args.repeats}")
     print(HEADER)
     rows = run(args.threads, args.layers, args.sparsities, args.algorithms,
-               repeats=args.repeats, clock=args.clock)
+               repeats=args.repeats, clock=args.clock, stat=args.stat)
     print()
     print(markdown(rows))
     if args.out:
         info["loadavg_1min_end"] = machine_info()["loadavg_1min"]
         info["clock"] = args.clock
+        info["stat"] = args.stat
         path = write_results(args.out, {"machine": info, "rows": rows})
         print(f"# wrote {path}")
 
