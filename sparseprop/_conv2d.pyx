@@ -282,9 +282,12 @@ def conv2d_algorithm(X_shape, W, stride=1, padding=0, dilation=1, groups=1):
 
 # ---------------------------------------------------------------- plans
 
-def _plan(SparseConvWeight W, key, batch_last, int64_t L, C, H, Wd, OH, OW, sh, sw, pt, pl,
-          dh, dw, groups):
-    """The buffer layout of one geometry (a dict), cached per weight structure."""
+def _plan(SparseConvWeight W, algorithm, int64_t L, B, C, H, Wd, geo):
+    """The plan of one call: the algorithm resolved and the buffer layout of
+    its geometry (a dict, cached per weight structure and geometry)."""
+    sh, sw, pt, _pb, pl, _pr, dh, dw, groups, OH, OW = geo
+    batch_last = _resolve(algorithm, B, OH, OW, L) == "batch_last"
+    key = ("fwd-bwd", batch_last, L, C, H, Wd, OH, OW, sh, sw, pt, pl, dh, dw, groups)
     plans = W._cache.get("conv2d")
     if plans is None:
         plans = W._cache["conv2d"] = OrderedDict()
@@ -535,7 +538,7 @@ def conv2d_forward(X, W, bias=None, stride=1, padding=0, dilation=1, groups=1,
     """
     global _last_team
     dtype, X4, unbatched, geo = _prepare(X, W, stride, padding, dilation, groups, algorithm)
-    sh, sw, pt, _pb, pl, _pr, dh, dw, g, OH, OW = geo
+    OH, OW = geo[9], geo[10]
     cdef int64_t OC = W.shape[0]
     b = check_bias(bias, OC, dtype)
     cdef int T0 = _config.resolve_n_threads(n_threads)
@@ -545,10 +548,8 @@ def conv2d_forward(X, W, bias=None, stride=1, padding=0, dilation=1, groups=1,
         return Y[0] if unbatched else Y
     cdef sp_conv_kernels K = _kernels(dtype)
     cdef int64_t L = K.lanes
-    algo = _resolve(algorithm, B, OH, OW, L)
-    batch_last = algo == "batch_last"
-    key = ("fwd-bwd", batch_last, L, C, H, Wd, OH, OW, sh, sw, pt, pl, dh, dw, g)
-    plan = _plan(W, key, batch_last, L, C, H, Wd, OH, OW, sh, sw, pt, pl, dh, dw, g)
+    plan = _plan(W, algorithm, L, B, C, H, Wd, geo)
+    batch_last = plan["batch_last"]
     xoff = _forward_offsets(W, plan)
     Xv, sxb, sxc, sxh = _nchw_view(X4)
 
@@ -641,7 +642,7 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
     """
     global _last_team
     dtype, X4, unbatched, geo = _prepare(X, W, stride, padding, dilation, groups, algorithm)
-    sh, sw, pt, _pb, pl, _pr, dh, dw, g, OH, OW = geo
+    OH, OW = geo[9], geo[10]
     cdef int64_t OC = W.shape[0]
     dYa = as_float_array(dY, "dY", dtype)
     cdef int64_t B = X4.shape[0], C = X4.shape[1], H = X4.shape[2], Wd = X4.shape[3]
@@ -665,10 +666,8 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
 
     cdef sp_conv_kernels K = _kernels(dtype)
     cdef int64_t L = K.lanes
-    algo = _resolve(algorithm, B, OH, OW, L)
-    batch_last = algo == "batch_last"
-    key = ("fwd-bwd", batch_last, L, C, H, Wd, OH, OW, sh, sw, pt, pl, dh, dw, g)
-    plan = _plan(W, key, batch_last, L, C, H, Wd, OH, OW, sh, sw, pt, pl, dh, dw, g)
+    plan = _plan(W, algorithm, L, B, C, H, Wd, geo)
+    batch_last = plan["batch_last"]
     perm, lptr, dyoff = _backward_lists(W, plan)
     Xv, sxb, sxc, sxh = _nchw_view(X4)
     dYv, syb, syc, syh = _nchw_view(dY4)
