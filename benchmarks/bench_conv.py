@@ -6,7 +6,8 @@ Layers (float32, NCHW, uniform random sparsity):
   56x56s2  weight 128x64x3x3 on (32, 64, 56, 56), padding 1, stride 2
   1x1      weight 256x64x1x1 on (32, 64, 56, 56)
 For each thread count, layer, sparsity and algorithm it times, in the same
-process run:
+process run and interleaved round by round (so dense and sparse see the same
+machine load; each figure is the median over the rounds):
   dense   torch.nn.functional.conv2d forward, and its autograd backward
           (grad of X and W, as in training)
   sparse  sparseprop.conv2d_forward / conv2d_backward (dX and dW at nonzeros)
@@ -21,13 +22,15 @@ A full run takes about 5-10 minutes on 2 cores; pick layers/sparsities for a
 quick one.
 """
 import argparse
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, median_time, write_results  # noqa: E402
+from _common import machine_info, write_results  # noqa: E402
 
 # name -> (weight shape, input shape, stride, padding)
 LAYERS = {
@@ -46,64 +49,111 @@ REFERENCE = {
 }
 
 
-def run(threads, layers, sparsities, algorithms, repeats=7, seed=0):
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
+def interleaved_medians(fns, rounds, warmup=2, clock="wall", stat="median"):
+    """Median (or min) time of each closure in ``fns`` (a dict), timed round by round -
+    every closure once per round - so that all of them, dense and sparse, see
+    the same machine load (this machine is shared).  ``clock="thread"`` times
+    the calling thread's CPU time: with one thread, torch and sparseprop both
+    compute in the calling thread, and time spent descheduled by other
+    processes is not counted.  ``stat="min"`` keeps each closure's least
+    disturbed round (for threaded runs on a busy machine)."""
+    now = CLOCKS[clock]
+    reduce = statistics.median if stat == "median" else min
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0 = now()
+            f()
+            times[k].append(now() - t0)
+    return {k: reduce(v) for k, v in times.items()}
+
+
+def time_layer(name, T, sparsities, algorithms, repeats, rng, clock="wall", stat="median"):
+    """Rows of results for one layer at T threads (dense and sparse interleaved)."""
     import torch
     import torch.nn.functional as F
 
     import sparseprop as sp
+
+    wshape, xshape, stride, padding = LAYERS[name]
+    X = rng.standard_normal(xshape, dtype=np.float32)
+    W0 = rng.standard_normal(wshape, dtype=np.float32)
+    Xt = torch.from_numpy(X).requires_grad_(True)
+    Wt = torch.from_numpy(W0).requires_grad_(True)
+    Yt = F.conv2d(Xt, Wt, None, stride, padding)
+    dY = rng.standard_normal(tuple(Yt.shape), dtype=np.float32)
+    dYt = torch.from_numpy(dY)
+
+    def dense_fwd():
+        with torch.no_grad():
+            F.conv2d(Xt, Wt, None, stride, padding)
+
+    def dense_bwd():
+        torch.autograd.grad(Yt, (Xt, Wt), dYt, retain_graph=True)
+
+    def sparse(W, algo, backward):
+        if backward:
+            return lambda: sp.conv2d_backward(X, W, dY, stride, padding, algorithm=algo,
+                                              n_threads=T)
+        return lambda: sp.conv2d_forward(X, W, None, stride, padding, algorithm=algo,
+                                         n_threads=T)
+
+    fns = {"dense_fwd": dense_fwd, "dense_bwd": dense_bwd}
+    weights = {}
+    for s in sparsities:
+        Wd = W0.copy()
+        Wd[rng.random(wshape) < s] = 0.0
+        weights[s] = sp.SparseConvWeight.from_dense(Wd)
+        for algo in algorithms:
+            fns[("fwd", s, algo)] = sparse(weights[s], algo, False)
+            fns[("bwd", s, algo)] = sparse(weights[s], algo, True)
+    med = interleaved_medians(fns, repeats, clock=clock, stat=stat)
+    t_dense_fwd, t_dense_bwd = med["dense_fwd"], med["dense_bwd"]
+    B, _, OH, OW = dY.shape
+    flops_dense = 2.0 * np.prod(wshape) * B * OH * OW
+    rows = []
+    for s in sparsities:
+        W = weights[s]
+        flops_sparse = 2.0 * W.nnz * B * OH * OW
+        for algo in algorithms:
+            t_fwd, t_bwd = med[("fwd", s, algo)], med[("bwd", s, algo)]
+            chosen = sp.conv2d_algorithm(xshape, W, stride, padding) if algo == "auto" else algo
+            ref = REFERENCE.get(name, {}).get(s) if T == 1 else None
+            rows.append({
+                "layer": name, "weight": list(wshape), "input": list(xshape),
+                "stride": stride, "padding": padding, "threads": T, "sparsity": s,
+                "clock": clock, "stat": stat,
+                "nnz": W.nnz, "algorithm": algo, "algorithm_used": chosen,
+                "dense_fwd_ms": 1e3 * t_dense_fwd, "dense_bwd_ms": 1e3 * t_dense_bwd,
+                "sparse_fwd_ms": 1e3 * t_fwd, "sparse_bwd_ms": 1e3 * t_bwd,
+                "speedup_fwd": t_dense_fwd / t_fwd, "speedup_bwd": t_dense_bwd / t_bwd,
+                "gflops_sparse_fwd": flops_sparse / t_fwd / 1e9,
+                "gflops_sparse_bwd": 2 * flops_sparse / t_bwd / 1e9,
+                "gflops_dense_fwd": flops_dense / t_dense_fwd / 1e9,
+                "gflops_dense_bwd": 2 * flops_dense / t_dense_bwd / 1e9,
+                "reference_speedup_fwd": ref[0] if ref else None,
+                "reference_speedup_bwd": ref[1] if ref else None,
+            })
+            print(_format_row(rows[-1]), flush=True)
+    return rows
+
+
+def run(threads, layers, sparsities, algorithms, repeats=7, seed=0, clock="wall",
+        stat="median"):
+    import torch
 
     rng = np.random.default_rng(seed)
     rows = []
     for T in threads:
         torch.set_num_threads(T)
         for name in layers:
-            wshape, xshape, stride, padding = LAYERS[name]
-            X = rng.standard_normal(xshape, dtype=np.float32)
-            W0 = rng.standard_normal(wshape, dtype=np.float32)
-            Xt = torch.from_numpy(X).requires_grad_(True)
-            Wt = torch.from_numpy(W0).requires_grad_(True)
-            with torch.no_grad():
-                t_dense_fwd = median_time(lambda: F.conv2d(Xt, Wt, None, stride, padding),
-                                          warmup=2, repeats=repeats)
-            Yt = F.conv2d(Xt, Wt, None, stride, padding)
-            dY = rng.standard_normal(tuple(Yt.shape), dtype=np.float32)
-            dYt = torch.from_numpy(dY)
-            t_dense_bwd = median_time(
-                lambda: torch.autograd.grad(Yt, (Xt, Wt), dYt, retain_graph=True),
-                warmup=2, repeats=repeats)
-            del Yt
-            B, _, OH, OW = dY.shape
-            flops_dense = 2.0 * np.prod(wshape) * B * OH * OW
-            for s in sparsities:
-                Wd = W0.copy()
-                Wd[rng.random(wshape) < s] = 0.0
-                W = sp.SparseConvWeight.from_dense(Wd)
-                flops_sparse = 2.0 * W.nnz * B * OH * OW
-                for algo in algorithms:
-                    chosen = (sp.conv2d_algorithm(xshape, W, stride, padding)
-                              if algo == "auto" else algo)
-                    t_fwd = median_time(
-                        lambda: sp.conv2d_forward(X, W, None, stride, padding, algorithm=algo,
-                                                  n_threads=T), warmup=2, repeats=repeats)
-                    t_bwd = median_time(
-                        lambda: sp.conv2d_backward(X, W, dY, stride, padding, algorithm=algo,
-                                                   n_threads=T), warmup=2, repeats=repeats)
-                    ref = REFERENCE.get(name, {}).get(s) if T == 1 else None
-                    rows.append({
-                        "layer": name, "weight": list(wshape), "input": list(xshape),
-                        "stride": stride, "padding": padding, "threads": T, "sparsity": s,
-                        "nnz": W.nnz, "algorithm": algo, "algorithm_used": chosen,
-                        "dense_fwd_ms": 1e3 * t_dense_fwd, "dense_bwd_ms": 1e3 * t_dense_bwd,
-                        "sparse_fwd_ms": 1e3 * t_fwd, "sparse_bwd_ms": 1e3 * t_bwd,
-                        "speedup_fwd": t_dense_fwd / t_fwd, "speedup_bwd": t_dense_bwd / t_bwd,
-                        "gflops_sparse_fwd": flops_sparse / t_fwd / 1e9,
-                        "gflops_sparse_bwd": 2 * flops_sparse / t_bwd / 1e9,
-                        "gflops_dense_fwd": flops_dense / t_dense_fwd / 1e9,
-                        "gflops_dense_bwd": 2 * flops_dense / t_dense_bwd / 1e9,
-                        "reference_speedup_fwd": ref[0] if ref else None,
-                        "reference_speedup_bwd": ref[1] if ref else None,
-                    })
-                    print(_format_row(rows[-1]), flush=True)
+            rows += time_layer(name, T, sparsities, algorithms, repeats, rng, clock, stat)
     return rows
 
 
@@ -124,6 +174,38 @@ def _format_row(r):
             f" | {ref}")
 
 
+def markdown(rows):
+    """A markdown table: per layer and sparsity, fwd/bwd speedup of each
+    algorithm per thread count, and the reference implementation's figures."""
+    threads = sorted({r["threads"] for r in rows})
+    algos = [a for a in ("auto", "batch_last", "over_width")
+             if any(r["algorithm"] == a for r in rows)]
+    head = ["layer", "sparsity"] + [f"{a} {t}T fwd/bwd" for t in threads for a in algos]
+    head += ["reference 1T fwd/bwd"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    keys = []
+    for r in rows:
+        if (r["layer"], r["sparsity"]) not in keys:
+            keys.append((r["layer"], r["sparsity"]))
+    for layer, s in keys:
+        cells = [layer, f"{s:.2f}"]
+        ref = "-"
+        for t in threads:
+            for a in algos:
+                m = [r for r in rows if (r["layer"], r["sparsity"], r["threads"],
+                                         r["algorithm"]) == (layer, s, t, a)]
+                if not m:
+                    cells.append("")
+                    continue
+                r = m[0]
+                note = f" ({r['algorithm_used'][:2]})" if a == "auto" else ""
+                cells.append(f"{r['speedup_fwd']:.2f}x / {r['speedup_bwd']:.2f}x{note}")
+                if r["reference_speedup_fwd"]:
+                    ref = f"{r['reference_speedup_fwd']:.2f}x / {r['reference_speedup_bwd']:.2f}x"
+        out.append("| " + " | ".join(cells + [ref]) + " |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -132,17 +214,27 @@ def main(argv=None):
                    default=[0.8, 0.9, 0.95, 0.98, 0.99])
     p.add_argument("--algorithms", nargs="+", default=["batch_last", "over_width", "auto"],
                    choices=["batch_last", "over_width", "auto"])
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=7, help="rounds (medians over them)")
+    p.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                   help="wall time, or the calling thread's CPU time (1 thread only)")
+    p.add_argument("--stat", choices=["median", "min"], default="median",
+                   help="per closure over the rounds (min: least disturbed round)")
     p.add_argument("--out", default="conv", help="results/<out>.json ('' to skip)")
     args = p.parse_args(argv)
+    if args.clock == "thread" and args.threads != [1]:
+        p.error("--clock thread measures one thread: use it with --threads 1")
     info = machine_info()
     print(f"# sparse conv2d, float32 - {info['cpu']}, ISA {info['isa']}, "
-          f"load {info['loadavg_1min']}")
+          f"load {info['loadavg_1min']}, clock {args.clock}, {args.stat} of {args.repeats}")
     print(HEADER)
     rows = run(args.threads, args.layers, args.sparsities, args.algorithms,
-               repeats=args.repeats)
+               repeats=args.repeats, clock=args.clock, stat=args.stat)
+    print()
+    print(markdown(rows))
     if args.out:
         info["loadavg_1min_end"] = machine_info()["loadavg_1min"]
+        info["clock"] = args.clock
+        info["stat"] = args.stat
         path = write_results(args.out, {"machine": info, "rows": rows})
         print(f"# wrote {path}")
 

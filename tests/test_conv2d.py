@@ -132,6 +132,21 @@ def test_thread_splits(algorithm, batch, n_threads, rng):
         assert _conv2d._last_team_size() > 1
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("algorithm,xshape", [("batch_last", (8, 64, 7, 7)),
+                                              ("over_width", (2, 64, 40, 37))])
+def test_forward_input_channel_blocks(algorithm, xshape, dtype, rng):
+    # Enough input channels per group (32) that the forward splits them into
+    # L1-sized blocks whose partial tiles are accumulated; groups=2 and empty
+    # (output channel, block) pairs included.
+    X = rng.standard_normal(xshape).astype(dtype)
+    Wdense = random_sparse_dense(rng, (16, 32, 3, 3), 0.5, dtype)
+    Wdense[3, 5:] = 0
+    bias = rng.standard_normal(16).astype(dtype)
+    check_conv(X, Wdense, bias=bias, padding=1, groups=2, algorithm=algorithm, rng=rng)
+    check_conv(X, Wdense, stride=2, padding=(0, 1), groups=2, algorithm=algorithm, rng=rng)
+
+
 @pytest.mark.parametrize("algorithm", ALGOS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_skipping_the_input_gradient(algorithm, dtype, rng):
@@ -212,15 +227,22 @@ def test_both_algorithms_and_auto_agree(rng):
 def test_auto_rule():
     W = sp.SparseConvWeight.from_dense(np.ones((4, 2, 3, 3), np.float32))
     L = _conv2d.lanes(np.float32)
-    choice = sp.conv2d_algorithm((8, 2, 7, 7), W, padding=1)
-    assert choice in ALGOS
+    assert L in (1, 8)
     assert sp.conv2d_algorithm((32, 2, 56, 56), W, padding=1) == "over_width"
-    if L == 8:
-        assert choice == "batch_last"
-        assert sp.conv2d_algorithm((1, 2, 7, 7), W, padding=1) == "over_width"
-        assert sp.conv2d_algorithm((32, 2, 14, 14), W, padding=1) == "batch_last"
+    assert sp.conv2d_algorithm((32, 2, 14, 14), W, padding=1) == "over_width"
+    assert sp.conv2d_algorithm((8, 2, 7, 7), W, padding=1) == "batch_last"
+    assert sp.conv2d_algorithm((4, 2, 7, 7), W, padding=1) == (
+        "batch_last" if L == 1 else "over_width")      # half the lanes idle
+    assert sp.conv2d_algorithm((16, 2, 1, 1), W, padding=1) == "batch_last"
+    assert sp.conv2d_algorithm((2, 2, 7, 7), W, stride=2, padding=1) == (
+        "over_width" if L == 8 else "batch_last")
+    assert sp.conv2d_algorithm((16, 2, 30, 4), W, padding=1) == (
+        "batch_last" if L == 8 else "over_width")      # width 4 of 8 lanes
+    assert sp.conv2d_algorithm((4, 2, 7, 7), W, padding="same", dilation=2) in ALGOS
     with pytest.raises(ValueError, match="X has 3 channels"):
         sp.conv2d_algorithm((8, 3, 7, 7), W)
+    with pytest.raises(ValueError, match="X_shape must have 4"):
+        sp.conv2d_algorithm((7, 7), W)
 
 
 def test_nan_reaches_only_stored_weights(rng):
@@ -251,6 +273,33 @@ def test_nan_reaches_only_stored_weights(rng):
         assert np.array_equal(np.isnan(dX[0]), back) and np.isfinite(dX[1]).all()
         oc = W._coords()[0]
         assert np.isnan(dW[oc == 2]).all() and np.isfinite(dW[oc != 2]).all()
+
+
+@pytest.mark.parametrize("algorithm", ALGOS)
+def test_stale_scratch_never_leaks(algorithm, rng):
+    # The kernels zero only the borders of their reused buffers; poison the
+    # scratch memory with NaN before every call to prove nothing else is read.
+    from sparseprop import _checks
+
+    def poison():
+        _checks.scratch(1 << 24)[:] = 0xFF      # 0xFFFFFFFF is a NaN
+    for dtype, B, C, H, Wd, stride, padding in [
+            (np.float32, 11, 6, 9, 13, 1, 1), (np.float64, 5, 4, 12, 7, 2, (2, 1)),
+            (np.float32, 3, 4, 20, 21, 3, 0), (np.float32, 9, 5, 7, 7, 1, "same")]:
+        X = rng.standard_normal((B, C, H, Wd)).astype(dtype)
+        Wdense = random_sparse_dense(rng, (7, C, 3, 3), 0.5, dtype)
+        W = sp.SparseConvWeight.from_dense(Wdense)
+        poison()
+        Y = sp.conv2d_forward(X, W, None, stride, padding, algorithm=algorithm)
+        Yr, _, _ = reference(X, Wdense, None, None, stride, padding, 1, 1)
+        np.testing.assert_allclose(Y, Yr, rtol=1e-4, atol=1e-4)
+        dY = rng.standard_normal(Y.shape).astype(dtype)
+        poison()
+        dX, dW = sp.conv2d_backward(X, W, dY, stride, padding, algorithm=algorithm)
+        _, dXr, dWr = reference(X, Wdense, dY, None, stride, padding, 1, 1)
+        np.testing.assert_allclose(dX, dXr, rtol=1e-4, atol=1e-4)
+        oc, ic, kr, kc = W._coords()
+        np.testing.assert_allclose(dW, dWr[oc, ic, kr, kc], rtol=1e-4, atol=1e-3)
 
 
 def test_results_are_deterministic(rng):
@@ -451,6 +500,8 @@ _X = np.ones((2, 3, 8, 8), np.float32)
      r"X must have dtype float32 \(like the weight\); got int32"),
     (lambda: sp.conv2d_forward(np.ones((3, 8), np.float32), _w()), ValueError,
      r"X must be 4-D .* got shape \(3, 8\)"),
+    (lambda: sp.conv2d_forward(np.ones((1, 3, 0, 4), np.float32), _w(), padding=2), ValueError,
+     r"X has shape \(1, 3, 0, 4\): an empty spatial size needs batch 0 or 0 channels"),
     (lambda: sp.conv2d_forward(_X, _w(), stride=0), ValueError,
      "stride must be positive .>= 1.; got 0"),
     (lambda: sp.conv2d_forward(_X, _w(), stride=(1, -2)), ValueError,

@@ -22,15 +22,22 @@
  * Every stored weight becomes one precomputed offset into that buffer
  * (channel, tap row * dilation, tap phase and unit), so the inner loops are
  * the same for every stride, dilation and padding:
- *   - forward (output-stationary): for each output channel, a register tile
- *     of R output rows x NC vectors accumulates over the channel's nonzeros,
- *     one broadcast and R*NC load+FMA per nonzero;
+ *   - forward (output-stationary): for each band of R output rows and each
+ *     output channel, a register tile of R rows x NC vectors accumulates over
+ *     the channel's nonzeros, one broadcast and R*NC load+FMA per nonzero.
+ *     Bands are the outer loop (their input rows stay in cache for every
+ *     output channel) and input channels are cut into blocks whose band rows
+ *     fit in L1, each (output channel, block) slice of the weights found
+ *     through the paper's per-(oc, ic) offsets; partial tiles then live in a
+ *     band buffer;
  *   - backward (input-stationary, fused): for each input channel and each
  *     (row phase, column phase) class, a tile of R x NC input vectors keeps X
  *     and the dX accumulators in registers; every stored weight of that
  *     channel and class loads its dY vectors once and feeds both the dX FMA
  *     (v * dY) and the dW FMA (dY * X).  dW partials are vectors per weight,
- *     summed over lanes (and over batch groups) once at the end.
+ *     summed over lanes (and over batch groups) once at the end.  Row bands
+ *     are again the outer loop, so a band's dY rows stay in cache for every
+ *     input channel.
  * dY is packed [out channel][row + TP][col + LP][U] with zero borders so a
  * tap whose output falls outside the image reads zeros.
  *
@@ -54,6 +61,8 @@
 /* Largest register tile: rows x vectors. */
 #define SP_CONV_MAX_R 7
 #define SP_CONV_MAX_NC 7
+/* Bytes of input a forward block of input channels may occupy (L1 is 32 KiB). */
+#define SP_CONV_L1_BYTES (20 * 1024)
 
 typedef struct {
     int batch_last;            /* 1: batch-last units, 0: over-width       */
@@ -77,6 +86,7 @@ typedef struct {
     void* Y;                   /* (B, OC, OH, OW) C-contiguous              */
     const void* bias;          /* (OC,) or NULL                             */
     const int64_t* och;        /* (OC+1,) nonzeros of each output channel   */
+    const int32_t* ich;        /* (OC*(ICg+1),) per input channel, relative */
     const int64_t* xoff;       /* (nnz,) buffer offset of each nonzero      */
     const void* vals;          /* (nnz,) W.data                             */
 } sp_conv_fwd_args;
@@ -118,12 +128,11 @@ typedef struct {
 } sp_conv_kernels;
 
 /* Scratch (elements) of one task handling n_ic input / n_oc output channels. */
-SP_INLINE int64_t sp_conv_fwd_scratch(const sp_conv_geom* g, int64_t n_ic)
+SP_INLINE int64_t sp_conv_fwd_scratch(const sp_conv_geom* g, int64_t n_ic, int64_t n_oc)
 {
-    int64_t tmp = g->W * g->U;                        /* one packed row    */
-    int64_t out = g->batch_last ? g->OH * g->OW * g->U
-                                : (int64_t)SP_CONV_MAX_R * SP_CONV_MAX_NC * g->L;
-    return n_ic * g->plane_x + tmp + out + 64;
+    int64_t tmp = g->W * g->U;                                          /* packed row */
+    int64_t band = n_oc * SP_CONV_MAX_R * (g->OW + g->cv - 1) / g->cv * g->cv * g->U;
+    return n_ic * g->plane_x + tmp + band + 64;
 }
 SP_INLINE int64_t sp_conv_bwd_scratch(const sp_conv_geom* g, int64_t n_ic, int64_t n_oc,
                                       int with_dx)

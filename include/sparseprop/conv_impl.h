@@ -46,24 +46,31 @@
 SP_INLINE int64_t SP_FN(sp_conv_lanes)(void) { return SP_CW_L; }
 
 /* ---- forward register tile ------------------------------------------------
- * out[r*ors + c*L + lane] = init + sum_k vals[k] * xb[off[k] + delta + r*xrs + c*L + lane]
- * for r < R, c < NC. */
+ * out[r*ors + c*L + lane] = start + sum_k vals[k] * xb[off[k] + delta + r*xrs + c*L + lane]
+ * for r < R, c < NC, where start is `init` or, if accumulate, out's old value. */
 SP_ALWAYS_INLINE void SP_FN(sp_cw_fwd_body)(const SP_T* SP_RESTRICT xb, int64_t xrs,
                                             const int64_t* SP_RESTRICT off, int64_t delta,
                                             const SP_T* SP_RESTRICT vals, int64_t n, SP_T init,
-                                            SP_T* SP_RESTRICT out, int64_t ors, const int R,
-                                            const int NC)
+                                            int accumulate, SP_T* SP_RESTRICT out, int64_t ors,
+                                            const int R, const int NC)
 {
     SP_CW_V acc[SP_CONV_MAX_R][SP_CONV_MAX_NC];
-    const SP_CW_V vi = SP_CW_SET1(init);
-    for (int r = 0; r < R; r++)
-        for (int c = 0; c < NC; c++)
-            acc[r][c] = vi;
     if (n <= 0) { /* separate exit: keeps the tile in registers (no stack copy) */
+        if (!accumulate)
+            for (int r = 0; r < R; r++)
+                for (int c = 0; c < NC; c++)
+                    SP_CW_STORE(out + r * ors + c * SP_CW_L, SP_CW_SET1(init));
+        return;
+    }
+    if (accumulate) {
         for (int r = 0; r < R; r++)
             for (int c = 0; c < NC; c++)
-                SP_CW_STORE(out + r * ors + c * SP_CW_L, vi);
-        return;
+                acc[r][c] = SP_CW_LOAD(out + r * ors + c * SP_CW_L);
+    } else {
+        const SP_CW_V vi = SP_CW_SET1(init);
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < NC; c++)
+                acc[r][c] = vi;
     }
     const SP_T* base = xb + delta;
     for (int64_t k = 0; k < n; k++) {
@@ -133,16 +140,16 @@ SP_ALWAYS_INLINE void SP_FN(sp_cw_bwd_body)(const SP_T* SP_RESTRICT xb, SP_T* SP
 
 /* ---- one function per tile shape, in tables indexed [R-1][NC-1] ---------- */
 typedef void (*SP_FN(sp_cw_fwd_tile_t))(const SP_T*, int64_t, const int64_t*, int64_t,
-                                        const SP_T*, int64_t, SP_T, SP_T*, int64_t);
+                                        const SP_T*, int64_t, SP_T, int, SP_T*, int64_t);
 typedef void (*SP_FN(sp_cw_bwd_tile_t))(const SP_T*, SP_T*, int64_t, const SP_T*, int64_t,
                                         const int64_t*, int64_t, const SP_T*, int64_t, SP_T*);
 
 #define SP_CW_DEF(R, NC)                                                                        \
     static void SP_FN(sp_cw_fwd_##R##x##NC)(const SP_T* xb, int64_t xrs, const int64_t* off,    \
                                             int64_t delta, const SP_T* vals, int64_t n,         \
-                                            SP_T init, SP_T* out, int64_t ors)                  \
+                                            SP_T init, int acc, SP_T* out, int64_t ors)         \
     {                                                                                           \
-        SP_FN(sp_cw_fwd_body)(xb, xrs, off, delta, vals, n, init, out, ors, R, NC);             \
+        SP_FN(sp_cw_fwd_body)(xb, xrs, off, delta, vals, n, init, acc, out, ors, R, NC);        \
     }                                                                                           \
     static void SP_FN(sp_cw_bwdx_##R##x##NC)(const SP_T* xb, SP_T* dxb, int64_t xrs,            \
                                              const SP_T* dyb, int64_t dyrs, const int64_t* off, \
@@ -189,6 +196,141 @@ static const SP_FN(sp_cw_bwd_tile_t) SP_FN(sp_cw_bwdw_tiles)[SP_CONV_MAX_R][SP_C
     SP_CW_TABLE(bwdw, SP_CW_BWD_ACC);
 
 /* ---- packing ------------------------------------------------------------ */
+
+/* ---- batch-last transposes (a position holds SP_CW_L lanes, one per image) */
+#if SP_CUR_ISA != SP_ISA_SCALAR
+/* In-register transpose of SP_CW_L x SP_CW_L (8x8 float, 4x4 double). */
+SP_ALWAYS_INLINE void SP_FN(sp_cw_tr)(SP_CW_V* r)
+{
+#if SP_CUR_F64
+    const __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+    const __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+    r[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+    r[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+    r[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+    r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+#else
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+    r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+    r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+    r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+    r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+#endif
+}
+
+/* Mask of the first m lanes (0 < m <= SP_CW_L): an AVX-512 k-mask (fast
+ * masked moves), or a vector mask for AVX2's vmaskmov (slow stores on AMD,
+ * but only the scalar-free fallback). */
+#if SP_CUR_ISA == SP_ISA_AVX512
+typedef __mmask8 SP_FN(sp_cw_mask_t);
+SP_ALWAYS_INLINE __mmask8 SP_FN(sp_cw_mask)(int64_t m) { return (__mmask8)((1u << m) - 1u); }
+#if SP_CUR_F64
+#define SP_CW_MLOAD(p, m) _mm256_maskz_loadu_pd((m), (p))
+#define SP_CW_MSTORE(p, m, v) _mm256_mask_storeu_pd((p), (m), (v))
+#else
+#define SP_CW_MLOAD(p, m) _mm256_maskz_loadu_ps((m), (p))
+#define SP_CW_MSTORE(p, m, v) _mm256_mask_storeu_ps((p), (m), (v))
+#endif
+#else
+typedef __m256i SP_FN(sp_cw_mask_t);
+SP_ALWAYS_INLINE __m256i SP_FN(sp_cw_mask)(int64_t m)
+{
+#if SP_CUR_F64
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(m), _mm256_setr_epi64x(0, 1, 2, 3));
+#else
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+#endif
+}
+#if SP_CUR_F64
+#define SP_CW_MLOAD(p, m) _mm256_maskload_pd((p), (m))
+#define SP_CW_MSTORE(p, m, v) _mm256_maskstore_pd((p), (m), (v))
+#else
+#define SP_CW_MLOAD(p, m) _mm256_maskload_ps((p), (m))
+#define SP_CW_MSTORE(p, m, v) _mm256_maskstore_ps((p), (m), (v))
+#endif
+#endif
+#endif
+
+/* dst[w*L + l] = src[l*lds + w] for w < n, l < rows; lanes rows..L-1 of dst
+ * are set to zero.  (Images -> batch-last positions.) */
+static void SP_FN(sp_cw_to_lanes)(const SP_T* SP_RESTRICT src, int64_t lds, int64_t rows,
+                                  int64_t n, SP_T* SP_RESTRICT dst)
+{
+#if SP_CUR_ISA == SP_ISA_SCALAR
+    for (int64_t w = 0; w < n; w++)
+        dst[w] = rows > 0 ? src[w] : (SP_T)0;
+#else
+    for (int64_t w0 = 0; w0 < n; w0 += SP_CW_L) {
+        const int64_t m = SP_MIN((int64_t)SP_CW_L, n - w0);
+        const SP_FN(sp_cw_mask_t) mask = SP_FN(sp_cw_mask)(m);
+        SP_CW_V r[SP_CW_L];
+        for (int l = 0; l < SP_CW_L; l++) {
+            if (l >= rows)
+                r[l] = SP_CW_SET1(0);
+            else if (m == SP_CW_L)
+                r[l] = SP_CW_LOAD(src + l * lds + w0);
+            else /* masked: never reads past the row */
+                r[l] = SP_CW_MLOAD(src + l * lds + w0, mask);
+        }
+        SP_FN(sp_cw_tr)(r);
+        for (int64_t j = 0; j < m; j++)
+            SP_CW_STORE(dst + (w0 + j) * SP_CW_L, r[j]);
+    }
+#endif
+}
+
+/* dst[l*ldd + w] = src[w*L + l] for w < n, l < rows.  (Batch-last positions
+ * -> images.) */
+static void SP_FN(sp_cw_from_lanes)(const SP_T* SP_RESTRICT src, int64_t n, int64_t rows,
+                                    SP_T* SP_RESTRICT dst, int64_t ldd)
+{
+#if SP_CUR_ISA == SP_ISA_SCALAR
+    if (rows > 0)
+        for (int64_t w = 0; w < n; w++)
+            dst[w] = src[w];
+#else
+    for (int64_t w0 = 0; w0 < n; w0 += SP_CW_L) {
+        const int64_t m = SP_MIN((int64_t)SP_CW_L, n - w0);
+        const SP_FN(sp_cw_mask_t) mask = SP_FN(sp_cw_mask)(m);
+        SP_CW_V r[SP_CW_L];
+        for (int j = 0; j < SP_CW_L; j++)
+            r[j] = j < m ? SP_CW_LOAD(src + (w0 + j) * SP_CW_L) : SP_CW_SET1(0);
+        SP_FN(sp_cw_tr)(r);
+        for (int64_t l = 0; l < rows; l++) {
+            if (m == SP_CW_L)
+                SP_CW_STORE(dst + l * ldd + w0, r[l]);
+            else /* masked: never writes past the row */
+                SP_CW_MSTORE(dst + l * ldd + w0, mask, r[l]);
+        }
+    }
+#endif
+}
+
+/* dst[0..n) = src[0..n) (short rows: no library call) */
+SP_ALWAYS_INLINE void SP_FN(sp_cw_copy)(const SP_T* SP_RESTRICT src, int64_t n,
+                                        SP_T* SP_RESTRICT dst)
+{
+    int64_t i = 0;
+    for (; i + SP_CW_L <= n; i += SP_CW_L)
+        SP_CW_STORE(dst + i, SP_CW_LOAD(src + i));
+    for (; i < n; i++)
+        dst[i] = src[i];
+}
 
 /* ev[i] = src[2i], od[i] = src[2i+1] for 2i (+1) < n: the two column phases
  * of a stride-2 row. */
@@ -254,6 +396,50 @@ static void SP_FN(sp_cw_merge2)(const SP_T* SP_RESTRICT ev, const SP_T* SP_RESTR
         dst[i] = ev[i / 2];
 }
 
+/* Zero every position of the packed input (n channels) that packing never
+ * writes: padding, the ghost columns of each phase and rows past the image.
+ * Packing rewrites the rest for each unit (all lanes: to_lanes zeroes the
+ * lanes of missing images), so this is done once per call. */
+static void SP_FN(sp_cw_zero_x_border)(const sp_conv_geom* g, SP_T* buf, int64_t n)
+{
+    const int64_t U = g->U, Wq = g->Wq, sw = g->sw, rl = g->rowlen_x;
+    const int64_t top = g->pt, bottom = g->Hb - g->pt - g->H;
+    for (int64_t c = 0; c < n; c++) {
+        SP_T* plane = buf + c * g->plane_x;
+        memset(plane, 0, (size_t)(top * rl) * sizeof(SP_T));
+        memset(plane + (top + g->H) * rl, 0, (size_t)(bottom * rl) * sizeof(SP_T));
+        for (int64_t h = top; h < top + g->H; h++) {
+            for (int64_t wph = 0; wph < sw; wph++) {
+                SP_T* seg = plane + h * rl + wph * Wq * U;
+                /* data units of this phase: b*sw + wph in [pl, pl + W) */
+                const int64_t b_lo = SP_MIN(Wq, SP_MAX(0, (g->pl - wph + sw - 1) / sw));
+                int64_t b_end = (g->pl + g->W - 1 - wph) >= 0 ? (g->pl + g->W - 1 - wph) / sw + 1 : 0;
+                b_end = SP_MAX(b_lo, SP_MIN(Wq, b_end));
+                memset(seg, 0, (size_t)(b_lo * U) * sizeof(SP_T));
+                memset(seg + b_end * U, 0, (size_t)((Wq - b_end) * U) * sizeof(SP_T));
+            }
+        }
+    }
+}
+
+/* The same for the packed dY (n output channels). */
+static void SP_FN(sp_cw_zero_dy_border)(const sp_conv_geom* g, SP_T* buf, int64_t n)
+{
+    const int64_t U = g->U, rl = g->rowlen_dy;
+    const int64_t top = g->TP, bottom = g->Hdy - g->TP - g->OH;
+    for (int64_t o = 0; o < n; o++) {
+        SP_T* plane = buf + o * g->plane_dy;
+        memset(plane, 0, (size_t)(top * rl) * sizeof(SP_T));
+        memset(plane + (top + g->OH) * rl, 0, (size_t)(bottom * rl) * sizeof(SP_T));
+        for (int64_t p = top; p < top + g->OH; p++) {
+            SP_T* row = plane + p * rl;
+            memset(row, 0, (size_t)(g->LP * U) * sizeof(SP_T));
+            memset(row + (g->LP + g->OW) * U, 0,
+                   (size_t)((g->Wdy - g->LP - g->OW) * U) * sizeof(SP_T));
+        }
+    }
+}
+
 /* X[unit] channels [c0, c1) -> buf ([c - c0][Hb][sw][Wq][U], zero elsewhere).
  * tmp: W*U elements.  Only the data positions are written. */
 static void SP_FN(sp_cw_pack_x)(const sp_conv_geom* g, const SP_T* X, int64_t sxb, int64_t sxc,
@@ -268,11 +454,9 @@ static void SP_FN(sp_cw_pack_x)(const sp_conv_geom* g, const SP_T* X, int64_t sx
                 const int64_t b0 = u * g->L, rows = SP_MIN(g->L, g->B - b0);
                 const SP_T* src = X + b0 * sxb + c * sxc + h * sxh;
                 if (sw == 1) {
-                    SP_FN(sp_transpose)(src, sxb, row + pl * U, U, rows, W);
+                    SP_FN(sp_cw_to_lanes)(src, sxb, rows, W, row + pl * U);
                 } else {
-                    if (rows < U)
-                        memset(tmp, 0, (size_t)(W * U) * sizeof(SP_T));
-                    SP_FN(sp_transpose)(src, sxb, tmp, U, rows, W);
+                    SP_FN(sp_cw_to_lanes)(src, sxb, rows, W, tmp);
                     for (int64_t w = 0; w < W; w++) {
                         const int64_t wp = w + pl;
                         memcpy(row + ((wp % sw) * Wq + wp / sw) * U, tmp + w * U,
@@ -308,7 +492,7 @@ static void SP_FN(sp_cw_pack_dy)(const sp_conv_geom* g, const SP_T* dY, int64_t 
             SP_T* dst = buf + (o - o0) * g->plane_dy + (p + g->TP) * g->rowlen_dy + g->LP * U;
             if (g->batch_last) {
                 const int64_t b0 = u * g->L, rows = SP_MIN(g->L, g->B - b0);
-                SP_FN(sp_transpose)(dY + b0 * syb + o * syc + p * syh, syb, dst, U, rows, g->OW);
+                SP_FN(sp_cw_to_lanes)(dY + b0 * syb + o * syc + p * syh, syb, rows, g->OW, dst);
             } else {
                 memcpy(dst, dY + u * syb + o * syc + p * syh, (size_t)g->OW * sizeof(SP_T));
             }
@@ -330,14 +514,14 @@ static void SP_FN(sp_cw_unpack_dx)(const sp_conv_geom* g, SP_T* dX, int64_t u, i
                 const int64_t b0 = u * g->L, rows = SP_MIN(g->L, g->B - b0);
                 SP_T* dst = dX + b0 * sdb + c * sdc + h * W;
                 if (sw == 1) {
-                    SP_FN(sp_transpose)(row + pl * U, U, dst, sdb, W, rows);
+                    SP_FN(sp_cw_from_lanes)(row + pl * U, W, rows, dst, sdb);
                 } else {
                     for (int64_t w = 0; w < W; w++) {
                         const int64_t wp = w + pl;
                         memcpy(tmp + w * U, row + ((wp % sw) * Wq + wp / sw) * U,
                                (size_t)U * sizeof(SP_T));
                     }
-                    SP_FN(sp_transpose)(tmp, U, dst, sdb, W, rows);
+                    SP_FN(sp_cw_from_lanes)(tmp, W, rows, dst, sdb);
                 }
             } else {
                 SP_T* dst = dX + u * sdb + c * sdc + h * W;
@@ -365,32 +549,81 @@ static void SP_FN(sp_conv_fwd)(const sp_conv_fwd_args* a, int64_t u0, int64_t u1
     if (o0 >= o1 || u0 >= u1)
         return;
     const int64_t U = g->U, L = g->L, cv = g->cv, OH = g->OH, OW = g->OW, OC = g->OC;
-    const int64_t c0 = (o0 / g->OCg) * g->ICg, c1 = ((o1 - 1) / g->OCg + 1) * g->ICg;
+    const int64_t ICg = g->ICg;
+    const int64_t c0 = (o0 / g->OCg) * ICg, c1 = ((o1 - 1) / g->OCg + 1) * ICg;
     const int64_t xsize = (c1 - c0) * g->plane_x;
+    int R, NC;
+    sp_conv_pick_tile(OW, cv, SP_CW_FWD_ACC, &R, &NC);
+    /* band buffer: R output rows of every output channel of the task */
+    const int64_t brow = (OW + cv - 1) / cv * cv * U; /* elements per band row   */
+    const int64_t bplane = R * brow;
     SP_T* xbuf = (SP_T*)scratch;
-    SP_T* tmp = xbuf + xsize;      /* W*U: one packed row        */
-    SP_T* out = tmp + g->W * U;    /* output plane or one tile   */
+    SP_T* tmp = xbuf + xsize; /* W*U: one packed row */
+    SP_T* band = tmp + g->W * U;
     const SP_T* X = (const SP_T*)a->X;
     SP_T* Y = (SP_T*)a->Y;
     const SP_T* bias = (const SP_T*)a->bias;
     const SP_T* vals = (const SP_T*)a->vals;
     const int64_t* och = a->och;
+    const int32_t* ich = a->ich;
     const int64_t* xoff = a->xoff;
     const int64_t xrs = g->sh * g->rowlen_x, shift = c0 * g->plane_x;
-    int R, NC;
-    sp_conv_pick_tile(OW, cv, SP_CW_FWD_ACC, &R, &NC);
+    /* input channels per block: a block's rows of one band fit in L1, so each
+     * output channel re-reads them from there; but keep ~16 weights per
+     * (output channel, block) so loading/storing the partial tile pays off */
+    int64_t icb = ICg;
+    {
+        const int64_t band_rows = (R - 1) * g->sh + g->Hb - (OH - 1) * g->sh;
+        const int64_t fit = SP_CONV_L1_BYTES /
+                            SP_MAX((int64_t)1, band_rows * g->rowlen_x * (int64_t)sizeof(SP_T));
+        const int64_t nnz = och[OC], slots = OC * ICg;
+        const int64_t need = nnz > 0 ? (16 * slots + nnz - 1) / nnz : ICg;
+        icb = SP_MIN(ICg, SP_MAX((int64_t)1, SP_MAX(fit, need)));
+    }
+    /* measured at 0.8: +14-18% (64x64 on 56x56 over-width, 256x128 on 7x7
+     * batch-last); the budget (12-28 KiB) and the 4-32 weights per block
+     * made no difference beyond noise */
+    const int blocked = icb < ICg;
 
-    memset(xbuf, 0, (size_t)xsize * sizeof(SP_T));
+    SP_FN(sp_cw_zero_x_border)(g, xbuf, c1 - c0);
     for (int64_t u = u0; u < u1; u++) {
         const int64_t b0 = g->batch_last ? u * L : u;
         const int64_t rows = g->batch_last ? SP_MIN(L, g->B - b0) : 1;
-        if (g->batch_last && rows < L) /* last chunk: unused lanes must be zero */
-            memset(xbuf, 0, (size_t)xsize * sizeof(SP_T));
         SP_FN(sp_cw_pack_x)(g, X, a->sxb, a->sxc, a->sxh, u, c0, c1, xbuf, tmp);
         /* row bands outermost: a band's input rows (all channels) stay in
          * cache while every output channel of the task reads them */
         for (int64_t p0 = 0; p0 < OH; p0 += R) {
             const int r = (int)SP_MIN((int64_t)R, OH - p0);
+            if (blocked) {
+                for (int64_t i0 = 0; i0 < ICg; i0 += icb) {
+                    const int64_t i1 = SP_MIN(ICg, i0 + icb);
+                    for (int64_t o = o0; o < o1; o++) {
+                        const int32_t* ip = ich + o * (ICg + 1);
+                        const int64_t k0 = och[o] + ip[i0], n = ip[i1] - ip[i0];
+                        if (n == 0 && i0 > 0)
+                            continue;
+                        const SP_T init = bias ? bias[o] : (SP_T)0;
+                        SP_T* bo = band + (o - o0) * bplane;
+                        for (int64_t q0 = 0; q0 < OW; q0 += NC * cv) {
+                            const int nc = (int)SP_MIN((int64_t)NC, (OW - q0 + cv - 1) / cv);
+                            SP_FN(sp_cw_fwd_tiles)[r - 1][nc - 1](
+                                xbuf, xrs, xoff + k0, p0 * xrs + q0 * U - shift, vals + k0, n,
+                                init, i0 > 0, bo + q0 * U, brow);
+                        }
+                    }
+                }
+                for (int64_t o = o0; o < o1; o++) { /* band -> Y */
+                    const SP_T* bo = band + (o - o0) * bplane;
+                    SP_T* yrow = Y + ((b0 * OC + o) * OH + p0) * OW;
+                    if (g->batch_last) {
+                        SP_FN(sp_cw_from_lanes)(bo, r * OW, rows, yrow, OC * OH * OW);
+                        continue;
+                    }
+                    for (int rr = 0; rr < r; rr++, yrow += OW, bo += brow)
+                        SP_FN(sp_cw_copy)(bo, OW, yrow);
+                }
+                continue;
+            }
             for (int64_t o = o0; o < o1; o++) {
                 const SP_T init = bias ? bias[o] : (SP_T)0;
                 const int64_t k0 = och[o], n = och[o + 1] - k0;
@@ -403,19 +636,20 @@ static void SP_FN(sp_conv_fwd)(const sp_conv_fwd_args* a, int64_t u0, int64_t u1
                     const SP_FN(sp_cw_fwd_tile_t) fn = SP_FN(sp_cw_fwd_tiles)[r - 1][nc - 1];
                     const int64_t delta = p0 * xrs + q0 * U - shift;
                     if (g->batch_last) {
-                        fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init, out + q0 * U, OW * U);
+                        fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init, 0, band + q0 * U,
+                           OW * U);
                     } else if (q0 + nc * L <= OW || p0 + r < OH) {
-                        fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init,
+                        fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init, 0,
                            yplane + p0 * OW + q0, OW);
                     } else { /* the plane's last row: nothing after it to spill into */
-                        fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init, out, nc * L);
+                        fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init, 0, band, nc * L);
                         for (int rr = 0; rr < r; rr++)
-                            memcpy(yplane + (p0 + rr) * OW + q0, out + rr * nc * L,
-                                   (size_t)(OW - q0) * sizeof(SP_T));
+                            SP_FN(sp_cw_copy)(band + rr * nc * L, OW - q0,
+                                              yplane + (p0 + rr) * OW + q0);
                     }
                 }
                 if (g->batch_last) /* (r*OW, lanes) -> rows p0.. of Y[b0 + lane, o] */
-                    SP_FN(sp_transpose)(out, U, yplane + p0 * OW, OC * OH * OW, r * OW, rows);
+                    SP_FN(sp_cw_from_lanes)(band, r * OW, rows, yplane + p0 * OW, OC * OH * OW);
             }
         }
     }
@@ -457,14 +691,9 @@ static void SP_FN(sp_conv_bwd)(const sp_conv_bwd_args* a, int64_t u0, int64_t u1
     }
     if (u0 >= u1)
         return;
-    memset(xbuf, 0, (size_t)xsize * sizeof(SP_T));
-    memset(dybuf, 0, (size_t)dysize * sizeof(SP_T));
+    SP_FN(sp_cw_zero_x_border)(g, xbuf, c1 - c0);
+    SP_FN(sp_cw_zero_dy_border)(g, dybuf, o1 - o0);
     for (int64_t u = u0; u < u1; u++) {
-        const int64_t rows = g->batch_last ? SP_MIN(L, g->B - u * L) : 1;
-        if (g->batch_last && rows < L) { /* last chunk: unused lanes must be zero */
-            memset(xbuf, 0, (size_t)xsize * sizeof(SP_T));
-            memset(dybuf, 0, (size_t)dysize * sizeof(SP_T));
-        }
         SP_FN(sp_cw_pack_x)(g, (const SP_T*)a->X, a->sxb, a->sxc, a->sxh, u, c0, c1, xbuf, tmp);
         SP_FN(sp_cw_pack_dy)(g, (const SP_T*)a->dY, a->syb, a->syc, a->syh, u, o0, o1, dybuf);
         /* row bands outermost: a band's dY rows (all output channels) stay in
@@ -559,6 +788,8 @@ static void SP_FN(sp_conv_gather)(const void* data_, const int64_t* perm, void* 
 #undef SP_CW_ADD
 #undef SP_CW_FMA
 #undef SP_CW_PIN
+#undef SP_CW_MLOAD
+#undef SP_CW_MSTORE
 #undef SP_CW_FWD_ACC
 #undef SP_CW_BWD_ACC
 #undef SP_CW_DEF
