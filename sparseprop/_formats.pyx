@@ -64,7 +64,7 @@ def _as_index_array(arr, name):
     if a.size and a.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integers; got dtype {a.dtype}")
     if a.dtype.kind == "u" and a.size and a.max() > np.iinfo(np.int64).max:
-        raise ValueError(f"{name} holds values beyond int64")
+        raise ValueError(f"{name} must hold values that fit in int64; got {a.max()}")
     return a.astype(np.int64, copy=False)
 
 
