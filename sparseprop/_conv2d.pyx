@@ -23,7 +23,7 @@ from libc.stdint cimport int64_t
 
 from sparseprop._convweight cimport SparseConvWeight
 
-from sparseprop import _config
+from sparseprop import _config, _exact
 from sparseprop._checks import MAX_BYTES, as_float_array, check_bias, check_result_size, scratch
 
 cnp.import_array()
@@ -623,10 +623,11 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
     Notes
     -----
     dW sums, for each stored weight, over every (input, output) position pair
-    it connects.  The fused kernel also visits pairs whose output lies
-    outside the image with a zero dY there, so a NaN or Inf in X at such a
-    border position makes that weight's gradient NaN where dense math (which
-    skips the pair) would not; finite inputs give the same result.
+    it connects, the zero padding taking part as zeros (as in the forward
+    pass).  NaN and Inf propagate exactly as dense math over the stored
+    weights: when the weight or the computed weight gradient is not finite,
+    both gradients are recomputed on an exact (slow) path, because the fused
+    kernel's border handling is exact only for finite values.
     """
     global _last_team
     dtype, X4, unbatched, geo = _prepare(X, W, stride, padding, dilation, groups, algorithm)
@@ -742,6 +743,9 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
                 k0 = nnz * t // Tr
                 k1 = nnz * (t + 1) // Tr
                 red(parts, stride_el, tb_n, L, perm_p, dW_p, k0, k1)
+    if not (np.isfinite(dW).all() and np.isfinite(W.data).all()):  # O(nnz)
+        # NaN/Inf: the kernel's border pairs are no longer no-ops (see _exact)
+        dX, dW = _exact.conv2d_backward(X4, W, dY4, geo, need_dx)
     if need_dx and unbatched:
         dX = dX[0]
     return dX, dW
