@@ -307,7 +307,10 @@ def _plan(SparseConvWeight W, key, batch_last, int64_t L, C, H, Wd, OH, OW, sh, 
         plans = W._cache["conv2d"] = OrderedDict()
     plan = plans.get(key)
     if plan is not None:
-        plans.move_to_end(key)
+        try:
+            plans.move_to_end(key)
+        except KeyError:  # evicted meanwhile by another Python thread: still valid
+            pass
         return plan
     OC, ICg, KH, KW = W.shape
     U = L if batch_last else 1
