@@ -33,6 +33,7 @@ def assert_no_growth(step, iterations=2000, warmup=50):
     for _ in range(iterations):
         step()
     grown = rss_bytes() - before
+    print(f"resident memory grew by {grown / 2**20:.2f} MB over {iterations} iterations")
     assert grown < LEAK_BUDGET, f"resident memory grew by {grown / 2**20:.1f} MB"
 
 
@@ -368,3 +369,9 @@ def test_four_python_threads_churn_the_conv_plan_cache(rng):
 
     assert _run_threads(work) == [0, 0, 0, 0]
     assert len(W._cache["conv2d"]) <= 16
+
+
+def test_the_leak_check_sees_a_leak():
+    hoard = []
+    with pytest.raises(AssertionError, match="resident memory grew by"):
+        assert_no_growth(lambda: hoard.append(np.ones(1024, np.float32)))  # 4 KB a step
