@@ -320,6 +320,11 @@ ROWS = [
     Row("op-conv-grad-output-shape", "ops.conv2d_backward(xc, cv, cp, ci, [4, 3, 3, 3], "
         "torch.ones(2, 4, 8, 7), C, C, C, 1, True, 'auto', 1)", ValueError, "dY",
         "expected (2, 4, 8, 8)", "(2, 4, 8, 7)", crash=True),
+    Row("op-conv-stride-negative", "ops.conv2d(xc, cv, cp, ci, [4, 3, 3, 3], None, [-1, 1], C, "
+        "C, 1, 'auto', 1)", ValueError, "stride", "positive (>= 1)", "(-1, 1)", crash=True),
+    Row("op-conv-dilation-zero", "ops.conv2d_backward(xc, cv, cp, ci, [4, 3, 3, 3], "
+        "torch.ones(2, 4, 8, 8), C, C, [0, 0], 1, True, 'auto', 1)", ValueError, "dilation",
+        "positive (>= 1)", "(0, 0)", crash=True),
     Row("op-conv-algorithm", "ops.conv2d(xc, cv, cp, ci, [4, 3, 3, 3], None, C, C, C, 1, "
         "'fastest', 1)", ValueError, "algorithm", "'auto', 'batch_last', 'over_width'",
         "'fastest'"),
