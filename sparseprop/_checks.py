@@ -26,6 +26,8 @@ def as_float_array(x, name, dtype):
                 f"convert one of them (e.g. {name}.astype(np.{dtype}))"
             )
         raise TypeError(f"{name} must have dtype {dtype} (like the weight); got {arr.dtype}")
+    if not arr.flags.aligned:  # e.g. a view into a byte buffer: the kernels need aligned data
+        arr = arr.copy()
     return arr
 
 
