@@ -26,6 +26,8 @@ def as_float_array(x, name, dtype):
                 f"convert one of them (e.g. {name}.astype(np.{dtype}))"
             )
         raise TypeError(f"{name} must have dtype {dtype} (like the weight); got {arr.dtype}")
+    if not arr.flags.aligned:  # e.g. a view into a byte buffer: the kernels need aligned data
+        arr = arr.copy()
     return arr
 
 
@@ -62,6 +64,29 @@ def check_bias(bias, n_out, dtype):
     if b.shape != (n_out,):
         raise ValueError(f"bias must have shape ({n_out},) (out_features); got {b.shape}")
     return np.ascontiguousarray(b)
+
+
+#: Largest array, in bytes, whose offsets fit in a signed 64-bit integer.
+MAX_BYTES = 2**63 - 1
+
+
+def check_result_size(shape, itemsize, what):
+    """Raise a clear ValueError if an array of ``shape`` could not be addressed.
+
+    NumPy's own error ("array is too big", "Maximum allowed dimension
+    exceeded") names no argument; ``what`` says which input asked for it.
+    Inputs that are broadcast views can describe such sizes without
+    allocating anything.
+    """
+    n = 1
+    for s in shape:
+        n *= int(s)
+    if n * itemsize > MAX_BYTES:
+        raise ValueError(
+            f"{what}: the result would have shape {tuple(int(s) for s in shape)} "
+            f"({n} elements of {itemsize} bytes), more than 64-bit offsets can address "
+            f"(at most {MAX_BYTES} bytes)"
+        )
 
 
 _scratch_local = threading.local()

@@ -23,8 +23,8 @@ from libc.stdint cimport int32_t, int64_t
 
 from sparseprop._convweight cimport SparseConvWeight
 
-from sparseprop import _config
-from sparseprop._checks import as_float_array, check_bias, scratch
+from sparseprop import _config, _exact
+from sparseprop._checks import MAX_BYTES, as_float_array, check_bias, check_result_size, scratch
 
 cnp.import_array()
 
@@ -124,17 +124,21 @@ def lanes(dtype):
 
 def _int_tuple(value, name, minimum, what):
     """An int or a sequence of 1 or 2 ints -> (h, w), each >= minimum."""
+    bad = TypeError(f"{name} must be an int or a pair of ints (h, w); got {value!r}")
     if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an int or a pair of ints (h, w); got {value!r}")
-    if hasattr(value, "__index__"):
-        pair = (int(value.__index__()),) * 2
-    elif isinstance(value, (tuple, list)) and len(value) in (1, 2) and all(
-            hasattr(v, "__index__") and not isinstance(v, (bool, np.bool_)) for v in value):
-        pair = tuple(int(v.__index__()) for v in value)
-        if len(pair) == 1:
-            pair = pair * 2
-    else:
-        raise TypeError(f"{name} must be an int or a pair of ints (h, w); got {value!r}")
+        raise bad
+    try:
+        if hasattr(value, "__index__"):
+            pair = (int(value.__index__()),) * 2
+        elif isinstance(value, (tuple, list)) and len(value) in (1, 2) and all(
+                hasattr(v, "__index__") and not isinstance(v, (bool, np.bool_)) for v in value):
+            pair = tuple(int(v.__index__()) for v in value)
+            if len(pair) == 1:
+                pair = pair * 2
+        else:
+            raise bad
+    except TypeError:  # e.g. an array of two ints, whose __index__ raises
+        raise bad from None
     if min(pair) < minimum:
         raise ValueError(f"{name} must be {what}; got {value!r}")
     return pair
@@ -203,6 +207,13 @@ def _geometry(x_shape, W, stride, padding, dilation, groups):
         )
     OH = (Hp - eh) // sh + 1
     OW = (Wp - ew) // sw + 1
+    # A stride past the last window gives one output row (column) whatever its
+    # value: use the smallest such stride, or the packed input (laid out by
+    # column phase) would grow with the stride, not with the input.
+    sh, sw = min(sh, Hp - eh + 1), min(sw, Wp - ew + 1)
+    check_result_size(tuple(x_shape[:-3]) + (W.shape[0], OH, OW), W.dtype.itemsize,
+                      f"X has shape {tuple(x_shape)}, W has shape {W.shape}, padding="
+                      f"{padding!r}, dilation={dilation!r}")
     return sh, sw, pt, pb, pl, pr, dh, dw, g, OH, OW
 
 
@@ -270,7 +281,10 @@ def conv2d_algorithm(X_shape, W, stride=1, padding=0, dilation=1, groups=1):
     over-width 5-40% faster from 14x14 on (and 7x faster at batch 1).
     """
     _check_weight(W)
-    shape = tuple(int(s) for s in X_shape)
+    try:
+        shape = tuple(int(s.__index__()) for s in X_shape)
+    except (TypeError, AttributeError):
+        raise TypeError(f"X_shape must be a tuple of 4 (or 3) ints; got {X_shape!r}") from None
     if len(shape) not in (3, 4):
         raise ValueError(
             f"X_shape must have 4 (or 3) entries (batch, channels, height, width); got {shape}"
@@ -321,6 +335,16 @@ def _plan(SparseConvWeight W, algorithm, int64_t L, B, C, H, Wd, geo):
         "Hdy": Hdy, "Wdy": Wdy, "TP": ih_max, "LP": jq_max, "rowlen_dy": Wdy * U,
         "plane_dy": Hdy * Wdy * U,
     }
+    # Every offset into the packed buffers, and their sizes in bytes summed over
+    # up to 2**16 thread tasks, are int64 in the kernels: refuse what would wrap.
+    need = (2 * C * plan["plane_x"] + OC * plan["plane_dy"] + (Wd + OH * OW) * U + 4096) * 8
+    if need > MAX_BYTES >> 17:
+        raise ValueError(
+            f"X of shape (batch, {C}, {H}, {Wd}) with this convolution (output {OH}x{OW}, "
+            f"stride ({sh}, {sw}), padding ({pt}, {pl}), dilation ({dh}, {dw})) needs "
+            f"{need} bytes of packed buffers per thread task; at most {MAX_BYTES >> 17} "
+            "bytes keep their 64-bit offsets from overflowing"
+        )
     plans[key] = plan
     while len(plans) > _MAX_PLANS:
         plans.popitem(last=False)
@@ -635,10 +659,11 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
     Notes
     -----
     dW sums, for each stored weight, over every (input, output) position pair
-    it connects.  The fused kernel also visits pairs whose output lies
-    outside the image with a zero dY there, so a NaN or Inf in X at such a
-    border position makes that weight's gradient NaN where dense math (which
-    skips the pair) would not; finite inputs give the same result.
+    it connects, the zero padding taking part as zeros (as in the forward
+    pass).  NaN and Inf propagate exactly as dense math over the stored
+    weights: when the weight or the computed weight gradient is not finite,
+    both gradients are recomputed on an exact (slow) path, because the fused
+    kernel's border handling is exact only for finite values.
     """
     global _last_team
     dtype, X4, unbatched, geo = _prepare(X, W, stride, padding, dilation, groups, algorithm)
@@ -742,6 +767,9 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
                 k0 = nnz * t // Tr
                 k1 = nnz * (t + 1) // Tr
                 red(parts, stride_el, tb_n, L, perm_p, dW_p, k0, k1)
+    if not (np.isfinite(dW).all() and np.isfinite(W.data).all()):  # O(nnz)
+        # NaN/Inf: the kernel's border pairs are no longer no-ops (see _exact)
+        dX, dW = _exact.conv2d_backward(X4, W, dY4, geo, need_dx)
     if need_dx and unbatched:
         dX = dX[0]
     return dX, dW

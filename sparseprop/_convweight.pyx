@@ -177,7 +177,8 @@ cdef class SparseConvWeight:
             dt = _float_dtype(dtype, "dtype")
         if arr.ndim != 1:
             raise ValueError(f"data must be 1-D; got shape {arr.shape}")
-        values = np.array(arr, dtype=dt, order="C", copy=True if copy else None)
+        values = np.require(np.array(arr, dtype=dt, order="C", copy=True if copy else None),
+                            requirements="A")
         o = _as_int_array(och, "och")
         i = _as_int_array(ich, "ich")
         kr = _as_int_array(krow, "krow")
@@ -355,7 +356,7 @@ cdef class SparseConvWeight:
             raise ValueError(f"values must have shape ({self.nnz},); got {arr.shape}")
         if arr.dtype not in _FLOAT_DTYPES:
             raise TypeError(f"values must have dtype float32 or float64; got {arr.dtype}")
-        arr = np.ascontiguousarray(arr)
+        arr = np.require(arr, requirements="CA")  # C-contiguous and aligned
         return SparseConvWeight._from_checked(arr, self._och, self._ich, self._krow,
                                               self._kcol, self.shape, self._cache)
 

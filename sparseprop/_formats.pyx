@@ -39,7 +39,8 @@ def _as_values(values, name, dtype=None, copy=True):
         dt = _float_dtype(dtype, "dtype")
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D; got shape {arr.shape}")
-    return np.array(arr, dtype=dt, order="C", copy=True if copy else None)
+    out = np.array(arr, dtype=dt, order="C", copy=True if copy else None)
+    return out if out.flags.aligned else out.copy()  # the kernels need aligned values
 
 
 def _as_shape(shape):
@@ -64,7 +65,7 @@ def _as_index_array(arr, name):
     if a.size and a.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integers; got dtype {a.dtype}")
     if a.dtype.kind == "u" and a.size and a.max() > np.iinfo(np.int64).max:
-        raise ValueError(f"{name} holds values beyond int64")
+        raise ValueError(f"{name} must hold values that fit in int64; got {a.max()}")
     return a.astype(np.int64, copy=False)
 
 
@@ -265,15 +266,16 @@ cdef class _CompressedMatrix:
         """A matrix with this structure and new values, built in O(1).
 
         The structure is shared (and so are cached kernel plans); ``values``
-        is used without a copy when it is a C-contiguous float32/float64 array
-        of length nnz, so later in-place updates of it are seen by the matrix.
+        is used without a copy when it is a C-contiguous, aligned
+        float32/float64 array of length nnz, so later in-place updates of it
+        are seen by the matrix.
         """
         arr = np.asarray(values)
         if arr.ndim != 1 or arr.shape[0] != self.nnz:
             raise ValueError(f"values must have shape ({self.nnz},); got {arr.shape}")
         if arr.dtype not in _FLOAT_DTYPES:
             raise TypeError(f"values must have dtype float32 or float64; got {arr.dtype}")
-        arr = np.ascontiguousarray(arr)
+        arr = np.require(arr, requirements="CA")
         return type(self)._from_checked(arr, self._indices, self._indptr, self.shape, self._cache)
 
     def copy(self):

@@ -22,6 +22,7 @@ from sparseprop._formats cimport CSCMatrix, CSRMatrix, _CompressedMatrix
 
 from sparseprop import _config
 from sparseprop._checks import as_float_array, check_bias, row_stride, rows_view, scratch
+from sparseprop._checks import check_result_size
 
 cnp.import_array()
 
@@ -217,6 +218,7 @@ def linear_forward(X, W, bias=None, *, n_threads=None):
             f"(last axis = in_features)"
         )
     lead = Xa.shape[:-1]
+    check_result_size(lead + (N,), dtype.itemsize, f"X has shape {Xa.shape}")
     b = check_bias(bias, N, dtype)
     X2 = rows_view(Xa, "X")
     cdef int64_t B = X2.shape[0]

@@ -638,10 +638,14 @@ static void SP_FN(sp_conv_fwd)(const sp_conv_fwd_args* a, int64_t u0, int64_t u1
                     if (g->batch_last) {
                         fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init, 0, band + q0 * U,
                            OW * U);
-                    } else if (q0 + nc * L <= OW || p0 + r < OH) {
+                    } else if (q0 + nc * L <= OW ||
+                               (p0 + r - 1) * OW + q0 + nc * L <= OH * OW) {
+                        /* the spill stays inside this plane: later tiles and
+                         * bands overwrite it (it may cover more than one row
+                         * when OW < L: never let it reach the next plane) */
                         fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init, 0,
                            yplane + p0 * OW + q0, OW);
-                    } else { /* the plane's last row: nothing after it to spill into */
+                    } else { /* the spill would leave the plane: go through `band` */
                         fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init, 0, band, nc * L);
                         for (int rr = 0; rr < r; rr++)
                             SP_FN(sp_cw_copy)(band + rr * nc * L, OW - q0,

@@ -59,6 +59,14 @@ def dense_weight_of(module, name="weight"):
     return w, w != 0
 
 
+def _check_weight_size(rows, cols, what_rows, what_cols):
+    """Before any dense weight is allocated: the index buffers are int32."""
+    for n, what in ((rows, what_rows), (cols, what_cols)):
+        if n > _ops.INT32_MAX:
+            raise ValueError(f"{what} must be at most {_ops.INT32_MAX} (the sparse weight's "
+                             f"indices are int32); got {n}")
+
+
 # ---------------------------------------------------------------- the common base
 
 class _SparseLayer(nn.Module):
@@ -119,7 +127,7 @@ class _SparseLayer(nn.Module):
 
     @property
     def _threads(self):
-        return 0 if self.n_threads is None else int(self.n_threads)
+        return _ops.check_n_threads(self.n_threads)
 
     def _check_input(self, x):
         _ops.check_tensor(x, "input")
@@ -348,6 +356,8 @@ class SparseLinear(_SparseLayer):
         super().__init__()
         dtype = torch.float32 if dtype is None else dtype
         _ops.check_tensor(torch.empty(0, dtype=dtype), "dtype")
+        _ops.check_n_threads(n_threads)
+        _check_weight_size(int(out_features), int(in_features), "out_features", "in_features")
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.weight_shape = (self.out_features, self.in_features)
         self.n_threads = n_threads
@@ -372,6 +382,7 @@ class SparseLinear(_SparseLayer):
         """
         if not isinstance(module, nn.Linear):
             raise TypeError(f"module must be an nn.Linear; got {type(module).__name__}")
+        _ops.check_n_threads(n_threads)
         weight, mask = dense_weight_of(module)
         _ops.check_tensor(weight, "module.weight")
         self = cls.__new__(cls)
@@ -441,6 +452,12 @@ class SparseConv2d(_SparseLayer):
         super().__init__()
         dtype = torch.float32 if dtype is None else dtype
         _ops.check_tensor(torch.empty(0, dtype=dtype), "dtype")
+        _ops.check_n_threads(n_threads)
+        if isinstance(groups, int) and groups > 0:
+            kh, kw = nn.modules.utils._pair(kernel_size)
+            _check_weight_size(int(out_channels), int(in_channels) // groups * kh * kw,
+                               "out_channels",
+                               "in_channels // groups * kernel_h * kernel_w")
         dense = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation,
                           groups, bias, padding_mode, dtype=dtype)
         self._copy_hyper(dense, algorithm, n_threads)
@@ -458,6 +475,7 @@ class SparseConv2d(_SparseLayer):
     def _copy_hyper(self, conv, algorithm, n_threads):
         if algorithm not in _ALGORITHMS:
             raise ValueError(f"algorithm must be one of {_ALGORITHMS}; got {algorithm!r}")
+        _ops.check_n_threads(n_threads)
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size = tuple(conv.kernel_size)
         self.stride = tuple(conv.stride)

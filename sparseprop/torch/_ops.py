@@ -24,8 +24,59 @@ from sparseprop.torch import _structure
 _SUPPORTED = (torch.float32, torch.float64)
 
 
+#: Largest row or column count of a weight (its index buffers are int32).
+INT32_MAX = 2**31 - 1
+
+
 def _resolve_threads(n_threads):
-    return torch.get_num_threads() if n_threads <= 0 else n_threads
+    if n_threads < 0:
+        raise ValueError(
+            f"n_threads must be 0 (meaning torch.get_num_threads()) or a positive integer; "
+            f"got {n_threads}"
+        )
+    return torch.get_num_threads() if n_threads == 0 else n_threads
+
+
+def check_n_threads(n_threads):
+    """A layer's ``n_threads`` as the ops take it: None -> 0, else a positive int."""
+    if n_threads is None:
+        return 0
+    if isinstance(n_threads, bool) or not hasattr(n_threads, "__index__"):
+        raise TypeError(f"n_threads must be a positive integer or None; got "
+                        f"{type(n_threads).__name__} {n_threads!r}")
+    n = n_threads.__index__()
+    if n < 1:
+        raise ValueError(f"n_threads must be a positive integer or None; got {n}")
+    return n
+
+
+def check_same_device(x, **tensors):
+    """The fake kernels run for meta (and fake) tensors: every tensor argument
+    must be on the input's device, as the real kernels would demand."""
+    for name, t in tensors.items():
+        if t is not None and t.device != x.device:
+            raise ValueError(
+                f"{name} is on {t.device} but input is on {x.device}; every tensor of a "
+                "sparseprop op must be on one device (the CPU, to run it)"
+            )
+
+
+def check_weight_shape(weight_shape):
+    """(OC, ICg, KH, KW) as ints, or a clear error."""
+    shape = tuple(weight_shape)
+    if len(shape) != 4 or any(isinstance(s, bool) or not isinstance(s, (int, torch.SymInt))
+                              or (isinstance(s, int) and s < 0) for s in shape):
+        raise ValueError(
+            "weight_shape must be 4 non-negative integers (out_channels, "
+            f"in_channels // groups, kernel_h, kernel_w); got {list(weight_shape)}"
+        )
+    return shape
+
+
+def check_conv_input(x):
+    if x.dim() != 4:
+        raise ValueError(f"input must be 4-D (N, C, H, W) for the conv2d op (the layer adds "
+                         f"the batch axis of a 3-D input); got shape {tuple(x.shape)}")
 
 
 def check_tensor(t, name, dtype=None):
@@ -98,6 +149,7 @@ def linear(x: torch.Tensor, values: torch.Tensor, indptr: torch.Tensor,
 
 @linear.register_fake
 def _linear_fake(x, values, indptr, indices, in_features, bias, n_threads):
+    check_same_device(x, values=values, indptr=indptr, indices=indices, bias=bias)
     return x.new_empty((*x.shape[:-1], indptr.shape[0] - 1))
 
 
@@ -120,6 +172,8 @@ def linear_backward(x: torch.Tensor, values: torch.Tensor, indptr: torch.Tensor,
 @linear_backward.register_fake
 def _linear_backward_fake(x, values, indptr, indices, in_features, grad_output,
                           need_input_grad, n_threads):
+    check_same_device(x, values=values, indptr=indptr, indices=indices,
+                      grad_output=grad_output)
     gx = x.new_empty(x.shape) if need_input_grad else x.new_empty((0,))
     return gx, values.new_empty(values.shape)
 
@@ -180,7 +234,7 @@ def _build_conv(indptr_np, indices_np, weight_shape, dtype):
 
 
 def _conv_weight(values, indptr, indices, weight_shape):
-    shape = tuple(int(s) for s in weight_shape)
+    shape = check_weight_shape(weight_shape)
     tagged = _structure.CACHE.get(
         "conv2d", indptr, indices, shape,
         lambda p, i: _build_conv(p, i, shape, np.float32),
@@ -196,6 +250,7 @@ def conv2d(x: torch.Tensor, values: torch.Tensor, indptr: torch.Tensor, indices:
     """``F.conv2d(x, W, bias, stride, padding, dilation, groups)`` for the sparse W."""
     _check_structure_args(values, indptr, indices)
     check_tensor(x, "input", values.dtype)
+    check_conv_input(x)
     W = _conv_weight(values, indptr, indices, weight_shape)
     b = None
     if bias is not None:
@@ -210,6 +265,9 @@ def conv2d(x: torch.Tensor, values: torch.Tensor, indptr: torch.Tensor, indices:
 @conv2d.register_fake
 def _conv2d_fake(x, values, indptr, indices, weight_shape, bias, stride, padding, dilation,
                  groups, algorithm, n_threads):
+    check_same_device(x, values=values, indptr=indptr, indices=indices, bias=bias)
+    check_conv_input(x)
+    check_weight_shape(weight_shape)
     oh, ow = conv_output_hw(x.shape[2], x.shape[3], weight_shape[2], weight_shape[3],
                             stride, padding, dilation)
     return x.new_empty((x.shape[0], weight_shape[0], oh, ow))
@@ -226,6 +284,7 @@ def conv2d_backward(x: torch.Tensor, values: torch.Tensor, indptr: torch.Tensor,
     _check_structure_args(values, indptr, indices)
     check_tensor(x, "input", values.dtype)
     check_tensor(grad_output, "grad_output", values.dtype)
+    check_conv_input(x)
     W = _conv_weight(values, indptr, indices, weight_shape)
     dX, dW = sparseprop.conv2d_backward(
         _np(x), W, _np(grad_output), stride=tuple(stride), padding=tuple(padding),
@@ -238,6 +297,9 @@ def conv2d_backward(x: torch.Tensor, values: torch.Tensor, indptr: torch.Tensor,
 @conv2d_backward.register_fake
 def _conv2d_backward_fake(x, values, indptr, indices, weight_shape, grad_output, stride,
                           padding, dilation, groups, need_input_grad, algorithm, n_threads):
+    check_same_device(x, values=values, indptr=indptr, indices=indices,
+                      grad_output=grad_output)
+    check_conv_input(x)
     gx = x.new_empty(x.shape) if need_input_grad else x.new_empty((0,))
     return gx, values.new_empty(values.shape)
 

@@ -1,0 +1,511 @@
+"""The bad-input table: every row is one bad call and the error it must raise.
+
+Each row names the call (Python source, evaluated with the fixtures of
+``SETUP`` / ``TORCH_SETUP`` below), the exception type, and three fragments
+that the message must contain: the *argument* at fault, what was *expected*
+and what was *received*.  Rows marked crash-prone are calls where, without
+the check, a malformed value would reach pointer arithmetic in the kernels
+(raw index arrays, shapes, geometry, sizes, dtypes of buffers) or allocate
+without bound: they run in a child process (one for all of them, restarted
+after a crash), so a segfault or an abort fails that row instead of killing
+the test run, and the child caps its address space so a missing size check
+fails fast instead of exhausting memory.
+
+The table complements the per-module tests (tests/test_formats.py,
+test_linear.py, test_conv2d.py, test_torch_layers.py), which keep their own
+bad-input cases; rows here are new.  ``python tests/test_bad_inputs.py``
+prints the table as Markdown: that is docs/bad-inputs.md (a test keeps the
+two in sync).
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+DOC = HERE.parent / "docs" / "bad-inputs.md"
+
+SETUP = """
+import numpy as np
+import scipy.sparse as sps
+import sparseprop as sp
+f32 = np.float32
+W = sp.CSRMatrix.from_dense(np.eye(4, 3, dtype=f32))       # a (4, 3) linear weight
+X = np.ones((2, 3), f32)
+dY = np.ones((2, 4), f32)
+CW = sp.SparseConvWeight.from_dense(np.ones((4, 3, 3, 3), f32))
+XC = np.ones((2, 3, 8, 8), f32)                              # NCHW
+dYC = np.ones((2, 4, 6, 6), f32)
+def conv_w(shape):
+    return sp.SparseConvWeight.from_dense(np.ones(shape, f32))
+def wide_rows(shape):  # a broadcast view whose rows are real (last axis contiguous)
+    return np.broadcast_to(np.ones((1,) * (len(shape) - 1) + shape[-1:], f32), shape)
+"""
+
+TORCH_SETUP = """
+import torch
+from torch import nn
+import sparseprop.torch as spt
+ops = torch.ops.sparseprop
+lin = spt.SparseLinear(8, 4)                        # dense structure: 32 stored values
+conv = spt.SparseConv2d(3, 4, 3, padding=1)         # 4 x 27 stored values
+x = torch.ones(2, 8)
+xc = torch.ones(2, 3, 8, 8)
+v, p, i = lin.values.detach(), lin.indptr, lin.indices
+cv, cp, ci = conv.values.detach(), conv.indptr, conv.indices
+C = [1, 1]                                          # stride = padding = dilation
+"""
+
+
+TORCH_NAMES = {"torch", "nn", "spt", "ops", "lin", "conv", "x", "xc", "v", "p", "i", "cv", "cp",
+               "ci", "C"}
+
+
+class Row(NamedTuple):
+    id: str
+    call: str
+    exc: type
+    arg: str        # the argument the message names
+    expected: str   # what the message says was expected
+    got: str        # what the message says was received
+    crash: bool = False
+
+    @property
+    def torch(self):
+        """Whether the call needs the names of TORCH_SETUP (and so torch)."""
+        return bool(TORCH_NAMES & set(re.findall(r"[A-Za-z_]\w*", self.call)))
+
+
+ROWS = [
+    # ------------------------------------------------------------ CSRMatrix / CSCMatrix
+    Row("csr-indptr-2d", "sp.CSRMatrix([1.0], [0], [[0, 1, 1]], (2, 2))",
+        ValueError, "indptr", "must be 1-D", "(1, 3)", crash=True),
+    Row("csr-indptr-negative", "sp.CSRMatrix([1.0], [0], [0, -1, 1], (2, 2))",
+        ValueError, "indptr", "non-decreasing", "indptr[1]=-1", crash=True),
+    Row("csr-indptr-beyond-int64", "sp.CSRMatrix([1.0], [0], np.array([0, 2**63 + 1, 1], "
+        "np.uint64), (2, 2))", ValueError, "indptr", "fit in int64", "9223372036854775809",
+        crash=True),
+    Row("csr-indptr-python-bigint", "sp.CSRMatrix([1.0], [0], [0, 2**70, 1], (2, 2))",
+        TypeError, "indptr", "hold integers", "object", crash=True),
+    Row("csr-indices-bool", "sp.CSRMatrix([1.0], np.array([True]), [0, 1, 1], (2, 2))",
+        TypeError, "indices", "hold integers", "bool", crash=True),
+    Row("csr-indices-none", "sp.CSRMatrix([1.0], None, [0, 1, 1], (2, 2))",
+        ValueError, "indices", "1-D", "shape ()", crash=True),
+    Row("csr-data-2d", "sp.CSRMatrix(np.ones((1, 1)), [0], [0, 1, 1], (2, 2))",
+        ValueError, "data", "1-D", "(1, 1)", crash=True),
+    Row("csr-data-complex", "sp.CSRMatrix(np.ones(1, np.complex64), [0], [0, 1, 1], (2, 2))",
+        TypeError, "data", "float32 or float64", "complex64"),
+    Row("csr-data-big-endian", "sp.CSRMatrix(np.ones(1, '>f4'), [0], [0, 1, 1], (2, 2))",
+        TypeError, "data", "float32 or float64", ">f4", crash=True),
+    Row("csr-shape-float", "sp.CSRMatrix([1.0], [0], [0, 1, 1], (2.0, 2))",
+        TypeError, "shape", "pair of non-negative integers", "(2.0, 2)"),
+    Row("csr-shape-beyond-int32", "sp.CSRMatrix.from_dense(np.broadcast_to(f32(0), (1, 2**31)))",
+        ValueError, "shape", "at most 2147483647", "(1, 2147483648)", crash=True),
+    Row("csr-astype-int", "W.astype(np.int32)",
+        TypeError, "dtype", "float32 or float64", "int32"),
+    Row("csr-from-dense-object", "sp.CSRMatrix.from_dense(np.array([[None, 1]], dtype=object))",
+        TypeError, "array", "float32 or float64", "object"),
+    Row("csr-from-torch-meta", "sp.CSRMatrix.from_torch(torch.ones(2, 2, device='meta'))",
+        ValueError, "tensor", "CPU", "meta"),
+    Row("csr-from-torch-sparse-int",
+        "sp.CSRMatrix.from_torch(torch.ones(2, 2, dtype=torch.int64).to_sparse_csr())",
+        TypeError, "data", "float32 or float64", "int64"),
+    Row("csc-indptr-wrong-length", "sp.CSCMatrix([1.0], [0], [0, 1], (2, 3))",
+        ValueError, "indptr", "length n_columns + 1 = 4", "got 2", crash=True),
+    Row("csc-indices-unsorted", "sp.CSCMatrix([1.0, 1.0], [1, 0], [0, 2, 2], (2, 2))",
+        ValueError, "indices of column 0", "sorted", "got 1 then 0", crash=True),
+    Row("csc-indices-duplicate", "sp.CSCMatrix([1.0, 1.0], [1, 1], [0, 0, 2], (2, 2))",
+        ValueError, "indices of column 1", "free of duplicates", "got 1 then 1", crash=True),
+    Row("csc-indices-negative", "sp.CSCMatrix([1.0], [-3], [0, 0, 1], (2, 2))",
+        ValueError, "indices[0]=-3", "out of range", "2 rows", crash=True),
+    Row("csc-shape-beyond-int32",
+        "sp.CSCMatrix.from_dense(np.broadcast_to(f32(0), (2**31, 1)))",
+        ValueError, "shape", "at most 2147483647", "(2147483648, 1)", crash=True),
+    # ------------------------------------------------------------ linear_forward / backward
+    Row("linear-W-scipy", "sp.linear_forward(X, sps.csr_array(np.eye(4, 3, dtype=f32)))",
+        TypeError, "W", "CSRMatrix or CSCMatrix", "csr_array", crash=True),
+    Row("linear-X-complex", "sp.linear_forward(X.astype(np.complex64), W)",
+        TypeError, "X", "float32", "complex64", crash=True),
+    Row("linear-X-big-endian", "sp.linear_forward(X.astype('>f4'), W)",
+        TypeError, "X", "float32", ">f4", crash=True),
+    Row("linear-bias-2d", "sp.linear_forward(X, W, np.ones((1, 4), f32))",
+        ValueError, "bias", "(4,)", "(1, 4)", crash=True),
+    Row("linear-backward-X-width", "sp.linear_backward(np.ones((2, 5), f32), W, dY)",
+        ValueError, "X has shape (2, 5)", "expects (..., 3)", "(2, 5)", crash=True),
+    Row("linear-dY-leading-dims", "sp.linear_backward(np.ones((2, 3, 3), f32), W, "
+        "np.ones((6, 4), f32))", ValueError, "dY", "(2, 3, 4)", "(6, 4)", crash=True),
+    Row("linear-dY-int", "sp.linear_backward(X, W, np.ones((2, 4), np.int64))",
+        TypeError, "dY", "float32", "int64", crash=True),
+    Row("linear-n-threads-float", "sp.linear_forward(X, W, n_threads=1.5)",
+        TypeError, "n_threads", "positive integer", "1.5"),
+    Row("linear-n-threads-bool", "sp.linear_forward(X, W, n_threads=True)",
+        TypeError, "n_threads", "positive integer", "True"),
+    Row("linear-backward-n-threads-str", "sp.linear_backward(X, W, dY, n_threads='2')",
+        TypeError, "n_threads", "positive integer", "'2'"),
+    Row("linear-output-beyond-int64", "sp.linear_forward(np.broadcast_to(f32(1), (2**59, 3)), W)",
+        ValueError, "X has shape (576460752303423488, 3)", "64-bit offsets",
+        "(576460752303423488, 4)", crash=True),
+    # ------------------------------------------------------------ SparseConvWeight
+    Row("convweight-shape-beyond-int32",
+        "sp.SparseConvWeight.from_dense(np.broadcast_to(f32(0), (1, 2**12, 2**10, 2**10)))",
+        ValueError, "shape", "at most 2147483647", "(1, 4096, 1024, 1024)", crash=True),
+    Row("convweight-out-channels-beyond-int32",
+        "sp.SparseConvWeight.from_dense(np.broadcast_to(f32(0), (2**31, 1, 1, 1)))",
+        ValueError, "shape", "at most 2147483647", "(2147483648, 1, 1, 1)", crash=True),
+    Row("convweight-och-2d", "sp.SparseConvWeight(CW.data, CW.och[None], CW.ich, CW.krow, "
+        "CW.kcol, CW.shape)", ValueError, "och", "1-D", "(1, 5)", crash=True),
+    Row("convweight-krow-kcol-lengths", "sp.SparseConvWeight(CW.data, CW.och, CW.ich, CW.krow, "
+        "CW.kcol[:-1], CW.shape)", ValueError, "krow and kcol", "same length", "108 and 107",
+        crash=True),
+    Row("convweight-shape-float", "sp.SparseConvWeight(CW.data, CW.och, CW.ich, CW.krow, "
+        "CW.kcol, (4.0, 3, 3, 3))", TypeError, "shape", "4 non-negative integers",
+        "(4.0, 3, 3, 3)", crash=True),
+    Row("convweight-data-big-endian", "sp.SparseConvWeight(CW.data.astype('>f8'), CW.och, "
+        "CW.ich, CW.krow, CW.kcol, CW.shape)", TypeError, "data", "float32 or float64", ">f8",
+        crash=True),
+    Row("convweight-astype-int", "CW.astype(np.int16)",
+        TypeError, "dtype", "float32 or float64", "int16"),
+    Row("convweight-from-dense-complex", "sp.SparseConvWeight.from_dense(np.ones((1, 1, 3, 3), "
+        "np.complex64))", TypeError, "array", "float32 or float64", "complex64"),
+    # ------------------------------------------------------------ conv2d_forward / backward
+    Row("conv2d-W-csr", "sp.conv2d_forward(XC, W)",
+        TypeError, "W", "SparseConvWeight", "CSRMatrix", crash=True),
+    Row("conv2d-X-5d", "sp.conv2d_forward(np.ones((1, 2, 3, 8, 8), f32), CW)",
+        ValueError, "X", "4-D", "(1, 2, 3, 8, 8)", crash=True),
+    Row("conv2d-X-float16", "sp.conv2d_forward(XC.astype(np.float16), CW)",
+        TypeError, "X", "float32", "float16", crash=True),
+    Row("conv2d-stride-zero-width", "sp.conv2d_backward(XC, CW, dYC, stride=(1, 0))",
+        ValueError, "stride", "positive (>= 1)", "(1, 0)", crash=True),
+    Row("conv2d-stride-empty", "sp.conv2d_forward(XC, CW, stride=[])",
+        TypeError, "stride", "an int or a pair of ints", "[]"),
+    Row("conv2d-stride-array", "sp.conv2d_forward(XC, CW, stride=np.array([1, 1]))",
+        TypeError, "stride", "an int or a pair of ints", "array([1, 1])"),
+    Row("conv2d-padding-three", "sp.conv2d_forward(XC, CW, padding=(1, 2, 3))",
+        TypeError, "padding", "an int or a pair of ints", "(1, 2, 3)"),
+    Row("conv2d-padding-negative-pair", "sp.conv2d_forward(XC, CW, padding=(-1, 0))",
+        ValueError, "padding", "non-negative", "(-1, 0)", crash=True),
+    Row("conv2d-padding-upper-case", "sp.conv2d_forward(XC, CW, padding='SAME')",
+        ValueError, "padding", "'same', 'valid'", "'SAME'"),
+    Row("conv2d-padding-float", "sp.conv2d_forward(XC, CW, padding=1.5)",
+        TypeError, "padding", "an int or a pair of ints", "1.5"),
+    Row("conv2d-dilation-negative", "sp.conv2d_forward(XC, CW, dilation=-1)",
+        ValueError, "dilation", "positive (>= 1)", "-1", crash=True),
+    Row("conv2d-dilation-zero-width", "sp.conv2d_backward(XC, CW, dYC, dilation=(1, 0))",
+        ValueError, "dilation", "positive (>= 1)", "(1, 0)", crash=True),
+    Row("conv2d-groups-bool", "sp.conv2d_forward(XC, CW, groups=True)",
+        TypeError, "groups", "positive integer", "True"),
+    Row("conv2d-groups-not-dividing-in-channels",
+        "sp.conv2d_forward(XC, conv_w((4, 1, 3, 3)), groups=2)",
+        ValueError, "X has 3 channels", "expects 2", "groups=2", crash=True),
+    Row("conv2d-groups-more-than-channels",
+        "sp.conv2d_backward(XC, conv_w((8, 1, 3, 3)), np.ones((2, 8, 6, 6), f32), groups=8)",
+        ValueError, "X has 3 channels", "expects 8", "groups=8", crash=True),
+    Row("conv2d-kernel-wider-than-input", "sp.conv2d_backward(np.ones((2, 3, 8, 2), f32), CW, "
+        "np.ones((2, 4, 6, 1), f32))", ValueError, "kernel (3x3",
+        "larger than the padded input", "(8x2", crash=True),
+    Row("conv2d-kernel-larger-valid", "sp.conv2d_forward(np.ones((2, 3, 2, 2), f32), CW, "
+        "padding='valid')", ValueError, "kernel (3x3", "larger than the padded input", "(2x2",
+        crash=True),
+    Row("conv2d-dilation-beyond-int64", "sp.conv2d_forward(XC, CW, dilation=2**62)",
+        ValueError, "kernel (3x3, dilation", "larger than the padded input",
+        "spans 9223372036854775809x", crash=True),
+    Row("conv2d-padding-beyond-int64", "sp.conv2d_forward(XC, CW, padding=2**62)",
+        ValueError, "padding=4611686018427387904", "64-bit offsets",
+        "(2, 4, 9223372036854775814, 9223372036854775814)", crash=True),
+    Row("conv2d-packed-input-beyond-int64",
+        "sp.conv2d_forward(wide_rows((1, 2**18, 2**20, 2**20)), conv_w((1, 2**18, 1, 1)), "
+        "stride=2**10, algorithm='batch_last')", ValueError,
+        "X of shape (batch, 262144, 1048576, 1048576)", "64-bit offsets",
+        "36893488147620462592 bytes", crash=True),
+    Row("conv2d-dY-int", "sp.conv2d_backward(XC, CW, dYC.astype(np.int32))",
+        TypeError, "dY", "float32", "int32", crash=True),
+    Row("conv2d-dY-missing-batch", "sp.conv2d_backward(XC, CW, dYC[0])",
+        ValueError, "dY", "expected (2, 4, 6, 6)", "(4, 6, 6)", crash=True),
+    Row("conv2d-dY-batch-for-unbatched-X", "sp.conv2d_backward(XC[0], CW, dYC[:1])",
+        ValueError, "dY", "expected (4, 6, 6)", "(1, 4, 6, 6)", crash=True),
+    Row("conv2d-bias-2d", "sp.conv2d_forward(XC, CW, np.ones((4, 1), f32))",
+        ValueError, "bias", "(4,)", "(4, 1)", crash=True),
+    Row("conv2d-n-threads-float", "sp.conv2d_forward(XC, CW, n_threads=2.0)",
+        TypeError, "n_threads", "positive integer", "2.0"),
+    Row("conv2d-backward-n-threads-zero", "sp.conv2d_backward(XC, CW, dYC, n_threads=0)",
+        ValueError, "n_threads", "positive integer", "got 0"),
+    Row("conv2d-algorithm-X-shape-short", "sp.conv2d_algorithm((8, 8), CW)",
+        ValueError, "X_shape", "4 (or 3) entries", "(8, 8)"),
+    Row("conv2d-algorithm-X-shape-str", "sp.conv2d_algorithm('abc', CW)",
+        TypeError, "X_shape", "4 (or 3) ints", "'abc'"),
+    # ------------------------------------------------------------ torch layers
+    Row("torch-linear-n-threads-zero", "spt.SparseLinear(8, 4, n_threads=0)",
+        ValueError, "n_threads", "positive integer", "got 0"),
+    Row("torch-linear-n-threads-negative", "spt.SparseLinear.from_dense(nn.Linear(8, 4), "
+        "n_threads=-2)", ValueError, "n_threads", "positive integer", "got -2"),
+    Row("torch-conv-n-threads-float", "spt.SparseConv2d(3, 4, 3, n_threads=1.5)",
+        TypeError, "n_threads", "positive integer", "1.5"),
+    Row("torch-conv-n-threads-set-later", "setattr(conv, 'n_threads', 0) or conv(xc)",
+        ValueError, "n_threads", "positive integer", "got 0"),
+    Row("torch-linear-in-features-beyond-int32", "spt.SparseLinear(2**31, 1)",
+        ValueError, "in_features", "at most 2147483647", "2147483648", crash=True),
+    Row("torch-conv-columns-beyond-int32", "spt.SparseConv2d(2**16, 1, 2**8)",
+        ValueError, "in_channels // groups * kernel_h * kernel_w", "at most 2147483647",
+        "4294967296", crash=True),
+    Row("torch-linear-input-sparse", "lin(x.to_sparse())",
+        TypeError, "input", "dense (strided)", "sparse_coo", crash=True),
+    Row("torch-linear-input-bool", "lin(x.bool())",
+        TypeError, "input", "float32 or float64", "torch.bool", crash=True),
+    Row("torch-linear-layer-on-meta", "spt.SparseLinear(8, 4).to('meta')(x)",
+        ValueError, "SparseLinear weights", "CPU only", "meta"),
+    Row("torch-conv-input-meta", "conv(xc.to('meta'))",
+        ValueError, "input", "CPU only", "meta"),
+    Row("torch-conv-input-int", "conv(xc.int())",
+        TypeError, "input", "float32 or float64", "torch.int32", crash=True),
+    Row("torch-conv-input-float64", "conv(xc.double())",
+        TypeError, "input has dtype torch.float64", "torch.float32", "torch.float64", crash=True),
+    Row("torch-conv-input-2d", "conv(torch.ones(3, 8))",
+        ValueError, "input", "(N, 3, H, W)", "(3, 8)", crash=True),
+    Row("torch-conv-input-channels", "conv(torch.ones(2, 5, 8, 8))",
+        ValueError, "input", "(N, 3, H, W)", "(2, 5, 8, 8)", crash=True),
+    Row("torch-conv-input-smaller-than-kernel", "spt.SparseConv2d(3, 4, 5)(torch.ones(2, 3, 3, 3))",
+        ValueError, "kernel (5x5", "larger than the padded input", "(3x3", crash=True),
+    Row("torch-conv-stride-zero", "spt.SparseConv2d(3, 4, 3, stride=(2, 0))(xc)",
+        ValueError, "stride", "positive (>= 1)", "(2, 0)", crash=True),
+    Row("torch-from-dense-meta", "spt.SparseLinear.from_dense(nn.Linear(8, 4, device='meta'))",
+        ValueError, "module.weight", "CPU only", "meta"),
+    Row("torch-from-dense-half", "spt.SparseConv2d.from_dense(nn.Conv2d(3, 4, 3).half())",
+        TypeError, "module.weight", "float32 or float64", "torch.float16"),
+    Row("torch-regrow-negative", "lin.regrow_(-1, torch.zeros(4, 8))",
+        ValueError, "n", "non-negative", "-1"),
+    Row("torch-prune-sparsity", "lin.prune_(1.5)",
+        ValueError, "sparsity", "[0, 1]", "1.5"),
+    # ------------------------------------------------------------ torch custom ops
+    Row("op-n-threads-negative", "ops.linear(x, v, p, i, 8, None, -1)",
+        ValueError, "n_threads", "0 (meaning torch.get_num_threads()) or a positive integer",
+        "got -1"),
+    Row("op-indptr-int32", "ops.linear(x, v, p.int(), i, 8, None, 1)",
+        TypeError, "indptr", "1-D int64", "torch.int32", crash=True),
+    Row("op-values-length", "ops.linear(x, v[:-1], p, i, 8, None, 1)",
+        ValueError, "values", "(32,)", "(31,)", crash=True),
+    Row("op-indptr-short", "ops.linear(x, v, p[:-1], i, 8, None, 1)",
+        ValueError, "indptr[-1] (=24)", "must equal the number of stored values",
+        "len(indices)=32", crash=True),
+    Row("op-indices-unsorted", "ops.linear(x, v, p, i.flip(0), 8, None, 1)",
+        ValueError, "indices of row 0", "sorted", "got 7 then 6", crash=True),
+    Row("op-indices-negative", "ops.linear(x, v, p, i - 1, 8, None, 1)",
+        ValueError, "indices[0]=-1", "out of range", "8 columns", crash=True),
+    Row("op-in-features-mismatch", "ops.linear_backward(x, v, p, i, 9, torch.ones(2, 4), True, 1)",
+        ValueError, "X has shape (2, 8)", "expects (..., 9)", "(2, 8)", crash=True),
+    Row("op-grad-output-float64", "ops.linear_backward(x, v, p, i, 8, torch.ones(2, 4, "
+        "dtype=torch.float64), True, 1)", TypeError, "grad_output",
+        "torch.float32", "torch.float64", crash=True),
+    Row("op-bias-float64", "ops.linear(x, v, p, i, 8, torch.ones(4, dtype=torch.float64), 1)",
+        TypeError, "bias", "torch.float32", "torch.float64", crash=True),
+    Row("op-mixed-devices", "ops.linear(x, v, p, i.to('meta'), 8, None, 1)",
+        ValueError, "indices", "one device", "meta", crash=True),
+    Row("op-mixed-devices-input", "ops.conv2d(xc.to('meta'), cv, cp, ci, [4, 3, 3, 3], None, "
+        "C, C, C, 1, 'auto', 1)", ValueError, "values", "one device", "is on cpu", crash=True),
+    Row("op-conv-weight-shape-3", "ops.conv2d(xc, cv, cp, ci, [4, 3, 3], None, C, C, C, 1, "
+        "'auto', 1)", ValueError, "weight_shape", "4 non-negative integers", "[4, 3, 3]",
+        crash=True),
+    Row("op-conv-weight-shape-mismatch", "ops.conv2d(xc, cv, cp, ci, [4, 3, 3, 2], None, C, C, "
+        "C, 1, 'auto', 1)", ValueError, "indices[18]=18", "out of range", "18 columns",
+        crash=True),
+    Row("op-conv-input-3d", "ops.conv2d(xc[0], cv, cp, ci, [4, 3, 3, 3], None, C, C, C, 1, "
+        "'auto', 1)", ValueError, "input", "4-D (N, C, H, W)", "(3, 8, 8)", crash=True),
+    Row("op-conv-groups-not-dividing", "ops.conv2d(xc, cv, cp, ci, [4, 3, 3, 3], None, C, C, C, "
+        "2, 'auto', 1)", ValueError, "X has 3 channels", "expects 6", "groups=2", crash=True),
+    Row("op-conv-grad-output-shape", "ops.conv2d_backward(xc, cv, cp, ci, [4, 3, 3, 3], "
+        "torch.ones(2, 4, 8, 7), C, C, C, 1, True, 'auto', 1)", ValueError, "dY",
+        "expected (2, 4, 8, 8)", "(2, 4, 8, 7)", crash=True),
+    Row("op-conv-stride-negative", "ops.conv2d(xc, cv, cp, ci, [4, 3, 3, 3], None, [-1, 1], C, "
+        "C, 1, 'auto', 1)", ValueError, "stride", "positive (>= 1)", "(-1, 1)", crash=True),
+    Row("op-conv-dilation-zero", "ops.conv2d_backward(xc, cv, cp, ci, [4, 3, 3, 3], "
+        "torch.ones(2, 4, 8, 8), C, C, [0, 0], 1, True, 'auto', 1)", ValueError, "dilation",
+        "positive (>= 1)", "(0, 0)", crash=True),
+    Row("op-conv-algorithm", "ops.conv2d(xc, cv, cp, ci, [4, 3, 3, 3], None, C, C, C, 1, "
+        "'fastest', 1)", ValueError, "algorithm", "'auto', 'batch_last', 'over_width'",
+        "'fastest'"),
+]
+
+IN_PROCESS = [r for r in ROWS if not r.crash]
+CRASH_PRONE = [r for r in ROWS if r.crash]
+
+
+def check_message(row, exc_type, message):
+    assert exc_type == row.exc.__name__, (
+        f"{row.id}: raised {exc_type} ({message!r}); expected {row.exc.__name__}")
+    for what in ("arg", "expected", "got"):
+        fragment = getattr(row, what)
+        assert fragment in message, (
+            f"{row.id}: the message does not name the {what} ({fragment!r}): {message!r}")
+
+
+# ---------------------------------------------------------------- in this process
+
+@pytest.fixture(scope="module")
+def namespace():
+    ns = {}
+    exec(SETUP, ns)
+    return ns
+
+
+@pytest.fixture(scope="module")
+def torch_namespace(namespace):
+    pytest.importorskip("torch")
+    ns = dict(namespace)
+    exec(TORCH_SETUP, ns)
+    return ns
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("row", IN_PROCESS, ids=[r.id for r in IN_PROCESS])
+def test_bad_input(row, request):
+    ns = request.getfixturevalue("torch_namespace" if row.torch else "namespace")
+    with pytest.raises(Exception) as info:  # noqa: B017 - the type is checked below
+        eval(row.call, ns)
+    check_message(row, type(info.value).__name__, str(info.value))
+
+
+# ---------------------------------------------------------------- in a child process
+
+WORKER = r"""
+import json, os, sys, warnings
+warnings.simplefilter("ignore")
+if "asan" not in os.environ.get("LD_PRELOAD", ""):  # ASan reserves terabytes of address space
+    import resource
+    cap = 6 * 2**30
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+rows = json.loads(sys.stdin.read())
+ns = {}
+exec(SETUP, ns)
+if any(r["torch"] for r in rows):
+    exec(TORCH_SETUP, ns)
+for r in rows:
+    print("START " + r["id"], flush=True)
+    try:
+        eval(r["call"], ns)
+        out = {"id": r["id"], "type": None, "message": "no exception"}
+    except BaseException as e:
+        out = {"id": r["id"], "type": type(e).__name__, "message": str(e)}
+    print("RESULT " + json.dumps(out), flush=True)
+"""
+
+
+def run_in_children(rows, timeout=300, env=None):
+    """{row id: (exception type or None, message)}; a child that dies is
+    restarted with the rows after the one it died on."""
+    results = {}
+    pending = list(rows)
+    while pending:
+        payload = json.dumps([{"id": r.id, "call": r.call, "torch": r.torch} for r in pending])
+        code = f"SETUP = {SETUP!r}\nTORCH_SETUP = {TORCH_SETUP!r}\n{WORKER}"
+        with tempfile.TemporaryDirectory() as cwd:  # not the repository root (shadowing)
+            proc = subprocess.run([sys.executable, "-c", code], input=payload,
+                                  capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                                  env=env)
+        started = None
+        for line in proc.stdout.splitlines():
+            if line.startswith("START "):
+                started = line[6:]
+            elif line.startswith("RESULT "):
+                out = json.loads(line[7:])
+                results[out["id"]] = (out["type"], out["message"])
+                started = None
+        if started is None:
+            if proc.returncode != 0 and len(results) < len(rows):
+                raise AssertionError(f"the child failed before any row:\n{proc.stderr[-3000:]}")
+            break
+        results[started] = ("crashed", f"the child died (exit status {proc.returncode}) "
+                                       f"running this row:\n{proc.stderr[-3000:]}")
+        done = set(results)
+        pending = [r for r in pending if r.id not in done]
+    return results
+
+
+@pytest.fixture(scope="module")
+def child_results():
+    rows = CRASH_PRONE
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        rows = [r for r in rows if not r.torch]
+    return run_in_children(rows)
+
+
+@pytest.mark.parametrize("row", CRASH_PRONE, ids=[r.id for r in CRASH_PRONE])
+def test_bad_input_in_child_process(row, child_results):
+    if row.id not in child_results:
+        pytest.skip("needs torch")
+    exc_type, message = child_results[row.id]
+    assert exc_type != "crashed", f"{row.id}: {message}"
+    check_message(row, exc_type, message)
+
+
+def test_a_crash_fails_its_row_only():
+    """The child-process machinery itself: a segfaulting row is reported as
+    crashed, and the rows after it still run."""
+    rows = [Row("fine-before", "sp.linear_forward(X, W, n_threads=0)", ValueError,
+                "n_threads", "positive", "0"),
+            Row("segfault", "__import__('ctypes').string_at(0)", ValueError, "", "", ""),
+            Row("fine-after", "sp.linear_forward(X, W, n_threads=-1)", ValueError,
+                "n_threads", "positive", "-1")]
+    env = dict(os.environ)
+    if "ASAN_OPTIONS" in env:  # under .ci/sanitize: a plain SIGSEGV, not a report
+        env["ASAN_OPTIONS"] += ":handle_segv=0"
+    results = run_in_children(rows, env=env)
+    assert results["segfault"][0] == "crashed"
+    assert results["fine-before"][0] == results["fine-after"][0] == "ValueError"
+
+
+# ---------------------------------------------------------------- the table itself
+
+def test_table_is_big_distinct_and_complete():
+    ids = [r.id for r in ROWS]
+    calls = [r.call for r in ROWS]
+    assert len(ROWS) >= 40
+    assert len(set(ids)) == len(ids) and len(set(calls)) == len(calls)
+    for r in ROWS:
+        assert r.arg and r.expected and r.got, r.id
+        assert issubclass(r.exc, (ValueError, TypeError)), r.id
+
+
+def markdown():
+    """The table as Markdown (the body of docs/bad-inputs.md)."""
+    lines = ["| # | row | call | raises | names the argument | expected | received | child |",
+             "|---|-----|------|--------|--------------------|----------|----------|-------|"]
+
+    def cell(s):
+        return "`" + s.replace("|", "\\|") + "`"
+
+    for n, r in enumerate(ROWS, 1):
+        lines.append(f"| {n} | {r.id} | {cell(r.call)} | {r.exc.__name__} | {cell(r.arg)} | "
+                     f"{cell(r.expected)} | {cell(r.got)} | {'yes' if r.crash else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+BEGIN, END = "<!-- table: begin -->\n", "<!-- table: end -->\n"
+
+
+def test_docs_table_is_current():
+    if not DOC.exists():
+        pytest.skip("docs/ is not next to tests/ (installed tests?)")
+    text = DOC.read_text()
+    assert BEGIN in text and END in text
+    body = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    assert body == markdown(), (
+        "docs/bad-inputs.md is out of date: regenerate it with "
+        "`python tests/test_bad_inputs.py --write-docs`")
+
+
+if __name__ == "__main__":
+    if "--write-docs" in sys.argv:
+        text = DOC.read_text()
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        DOC.write_text(head + BEGIN + markdown() + END + tail)
+        print(f"wrote {len(ROWS)} rows into {os.path.relpath(DOC)}")
+    else:
+        sys.stdout.write(markdown())
