@@ -69,6 +69,26 @@ def _check_weight_size(rows, cols, what_rows, what_cols):
 
 # ---------------------------------------------------------------- the common base
 
+
+def _swap_values_(param, new):
+    """``param.data = new`` (and drop ``param.grad``), also when the length changes.
+
+    autograd keeps one AccumulateGrad node per leaf tensor, recording the
+    leaf's shape, for as long as any graph refers to it; assigning ``.data``
+    of another shape keeps that node, so the next backward through the
+    parameter fails ("returned an invalid gradient ... expected shape
+    compatible with [old nnz]") whenever the previous step's graph is still
+    alive (an ordinary ``loss`` variable holds it).  torch drops the cached
+    node when ``.data`` changes dtype or device, so a length change goes
+    through an empty tensor of another dtype first.  The Parameter object
+    stays the same (optimizers refer to it).
+    """
+    if new.shape != param.shape:
+        hop = torch.float64 if param.dtype != torch.float64 else torch.float32
+        param.data = torch.empty(0, dtype=hop, device=param.device)
+    param.data = new
+    param.grad = None
+
 class _SparseLayer(nn.Module):
     """Common machinery: structure, values, state_dict, mask changes."""
 
@@ -184,8 +204,7 @@ class _SparseLayer(nn.Module):
                 # A different number of nonzeros: resize in place, keeping the
                 # Parameter object (optimizers refer to it), then copy below.
                 with torch.no_grad():
-                    self.values.data = self.values.new_empty(val.shape)
-                    self.values.grad = None
+                    _swap_values_(self.values, self.values.new_empty(val.shape))
                     self.indices = self.indices.new_empty(idx.shape)
         rest = {k: v for k, v in state_dict.items() if k != shape_key}
         super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys,
@@ -212,8 +231,7 @@ class _SparseLayer(nn.Module):
         """Replace structure and values (used by loading); keeps the Parameter object."""
         tmp = nn.Module()
         _SparseLayer._init_structure(tmp, weight, mask, dtype=self.values.dtype)
-        self.values.data = tmp.values.data.to(self.values.device)
-        self.values.grad = None
+        _swap_values_(self.values, tmp.values.data.to(self.values.device))
         self.indptr = tmp.indptr
         self.indices = tmp.indices
 
@@ -241,8 +259,7 @@ class _SparseLayer(nn.Module):
             torch.zeros(self.weight_shape[0], dtype=torch.int64)
         indptr = torch.zeros(self.weight_shape[0] + 1, dtype=torch.int64)
         torch.cumsum(counts, 0, out=indptr[1:])
-        self.values.data = values
-        self.values.grad = None
+        _swap_values_(self.values, values)
         self.indptr = indptr
         self.indices = (new_positions - rows * cols).to(torch.int32)
         if optimizer is not None:
