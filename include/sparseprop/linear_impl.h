@@ -302,6 +302,9 @@ static void SP_FN(sp_linear_fwd)(const sp_linear_fwd_args* a)
 
 /* ---- backward ------------------------------------------------------------ */
 
+/* Nonzeros ahead whose dY^T rows the backward prefetches into L1. */
+#define SP_LIN_BWD_PF 16
+
 /* The columns [m0, m1) of the backward pass, X^T and dX^T of those columns
  * at XT[(m - m0) * SP_BCB], dXT[...]; with_dx is a literal at each call so
  * the compiler emits a dX-free copy for need_input_grad=False. */
@@ -314,6 +317,7 @@ SP_ALWAYS_INLINE void SP_FN(sp_lin_bwd_columns)(const sp_linear_bwd_args* a, int
     const int32_t* SP_RESTRICT rowidx = a->rowidx;
     const SP_T* SP_RESTRICT vals = (const SP_T*)a->vals;
     SP_T* SP_RESTRICT dW = (SP_T*)a->dW;
+    const int64_t qlim = colptr[m1];
 
     for (int64_t m = m0; m < m1; m++) {
         const SP_T* xrow = XT + (m - m0) * SP_BCB;
@@ -326,6 +330,14 @@ SP_ALWAYS_INLINE void SP_FN(sp_lin_bwd_columns)(const sp_linear_bwd_args* a, int
         const int64_t qe = colptr[m + 1];
         for (int64_t q = colptr[m]; q < qe; q += SP_LINEAR_PAD) {
             SP_V prod[8];
+            /* the dY^T rows of two groups ahead: the loads are scattered
+             * over L2 and their latency, not its bandwidth, limits */
+            if (q + SP_LIN_BWD_PF + 8 <= qlim)
+                for (int g = 0; g < 8; g++) {
+                    const char* pf = (const char*)(dYT + (int64_t)rowidx[q + SP_LIN_BWD_PF + g] * SP_BCB);
+                    for (int o = 0; o < SP_BCB * (int)sizeof(SP_T); o += 64)
+                        __builtin_prefetch(pf + o);
+                }
             for (int g = 0; g < 8; g++) {
                 const SP_T* dy = dYT + (int64_t)rowidx[q + g] * SP_BCB;
                 const SP_V w = SP_VSET1(vals[q + g]);
@@ -357,11 +369,7 @@ SP_ALWAYS_INLINE void SP_FN(sp_lin_bwd_columns)(const sp_linear_bwd_args* a, int
 }
 
 /* Columns per block of X^T / dX^T kept in L1 while the block is walked. */
-#ifdef SP_LIN_BWD_CBV
-#define SP_LIN_BWD_CB (SP_LIN_BWD_CBV * SP_VL)
-#else
 #define SP_LIN_BWD_CB (4 * SP_VL)
-#endif
 
 static void SP_FN(sp_linear_bwd)(const sp_linear_bwd_args* a)
 {
@@ -389,6 +397,7 @@ static void SP_FN(sp_linear_bwd)(const sp_linear_bwd_args* a)
 }
 
 #undef SP_LIN_BWD_CB
+#undef SP_LIN_BWD_PF
 #undef SP_LIN_HAVE_TR
 #undef SP_LIN_FSETS
 #undef SP_BC
