@@ -11,6 +11,8 @@ there are fewer chunks than threads they also split the output rows
 element; dW is accumulated in one partial buffer per batch group and summed
 once at the end.  No atomics, no barriers inside a pass.
 """
+import threading
+
 import numpy as np
 
 cimport numpy as cnp
@@ -21,7 +23,7 @@ from libc.string cimport memset
 from sparseprop._formats cimport CSCMatrix, CSRMatrix, _CompressedMatrix
 
 from sparseprop import _config
-from sparseprop._checks import as_float_array, check_bias, row_stride, rows_view, scratch
+from sparseprop._checks import as_float_array, check_bias, row_stride, rows_view
 
 cnp.import_array()
 
@@ -112,6 +114,38 @@ cdef inline sp_linear_kernels _kernels(dtype):
 
 cdef inline char* _ptr(arr):
     return <char*> cnp.PyArray_DATA(<cnp.ndarray> arr)
+
+
+cdef object _rows2d(arr, str name):
+    """rows_view(arr, name), without its general machinery for the common
+    case: a 2-D array whose rows are contiguous (any row stride)."""
+    cdef cnp.ndarray a = <cnp.ndarray> arr
+    cdef Py_ssize_t isz = cnp.PyArray_ITEMSIZE(a)
+    if cnp.PyArray_NDIM(a) == 2 and cnp.PyArray_DIM(a, 0) > 1 and cnp.PyArray_DIM(a, 1) > 1:
+        if cnp.PyArray_STRIDE(a, 1) == isz and cnp.PyArray_STRIDE(a, 0) % isz == 0:
+            return a
+    return rows_view(arr, name)
+
+
+# One reusable scratch buffer per Python thread (concurrent calls from
+# different threads never share one); kept between calls so a call pays no
+# allocation or page faults.
+_tls = threading.local()
+
+
+cdef object _scratch_buffer(int64_t nbytes):
+    """This thread's scratch buffer, grown to hold ``nbytes`` from a 64-byte
+    aligned start (see _aligned)."""
+    buf = getattr(_tls, "buf", None)
+    if buf is None or cnp.PyArray_DIM(<cnp.ndarray> buf, 0) < nbytes + 64:
+        buf = np.empty(max(nbytes + 64, 1 << 16), dtype=np.uint8)
+        _tls.buf = buf
+    return buf
+
+
+cdef inline char* _aligned(buf):
+    cdef char* p = <char*> cnp.PyArray_DATA(<cnp.ndarray> buf)
+    return p + (64 - <size_t> p % 64) % 64
 
 
 def _check_weight(W):
@@ -301,7 +335,7 @@ def linear_forward(X, W, bias=None, *, n_threads=None):
         )
     lead = Xa.shape[:-1]
     b = check_bias(bias, N, dtype)
-    X2 = rows_view(Xa, "X")
+    X2 = _rows2d(Xa, "X")
     cdef int64_t B = X2.shape[0]
     Y = np.empty((B, N), dtype=dtype)
     if B == 0 or N == 0:
@@ -334,20 +368,21 @@ def linear_forward(X, W, bias=None, *, n_threads=None):
 
     # Tasks: equal shares of (chunk, output row) work, rows weighted by cost.
     cdef int64_t tasks = T
+    cdef const int64_t[::1] bcv
+    cdef const int64_t[::1] biv
     if tasks > 1:
-        cost = np.asarray(ptr[:N + 1]) + _ROW_COST * np.arange(N + 1, dtype=np.int64)
-        if nblk > 1:  # block-major ptr: a row's cost is summed over the blocks
+        key = ("linear_forward_split", nblk, n_chunks, tasks)
+        split = (<_CompressedMatrix> W)._cache.get(key)
+        if split is None:
+            # a row's cost: its entries (over all blocks) plus a fixed part
             cost = np.zeros(N + 1, dtype=np.int64)
             np.cumsum(np.diff(np.asarray(ptr)).reshape(nblk, N).sum(axis=0) + _ROW_COST,
                       out=cost[1:])
-        bc, bi = _split_flat(cost, n_chunks, tasks, SP_LINEAR_FWD_TILE)
-    else:
-        bc = np.array([0, n_chunks], dtype=np.int64)
-        bi = np.zeros(2, dtype=np.int64)
-    cdef const int64_t[::1] bcv = bc
-    cdef const int64_t[::1] biv = bi
+            split = _split_flat(cost, n_chunks, tasks, SP_LINEAR_FWD_TILE)
+            (<_CompressedMatrix> W)._cache[key] = split
+        bcv, biv = split
     cdef int64_t per_task = (sp_linear_fwd_scratch(chunk, M, N, nblk) * itemsize + 63) // 64 * 64
-    buf = scratch(per_task * tasks)
+    buf = _scratch_buffer(per_task * tasks)
 
     cdef sp_linear_fwd_args base
     base.ldx = row_stride(X2)
@@ -362,7 +397,7 @@ def linear_forward(X, W, bias=None, *, n_threads=None):
     base.blk_cols = <const int64_t*> _ptr(blk_cols)
     cdef const char* Xp = _ptr(X2)
     cdef char* Yp = _ptr(Y)
-    cdef char* sp = _ptr(buf)
+    cdef char* sp = _aligned(buf)
     cdef sp_linear_fwd_fn fn = K.fwd
     cdef int64_t t
     cdef int team[1]
@@ -520,8 +555,8 @@ def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None):
             f"(X.shape[:-1] + (out_features,))"
         )
     need_dx = bool(need_input_grad)
-    X2 = rows_view(Xa, "X")
-    dY2 = rows_view(dYa, "dY")
+    X2 = _rows2d(Xa, "X")
+    dY2 = _rows2d(dYa, "dY")
     cdef int64_t B = X2.shape[0]
     dX = np.empty((B, M), dtype=dtype) if need_dx else None
     cdef int64_t nnz = W.nnz
@@ -541,20 +576,22 @@ def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None):
     cdef int T = _threads_for(n_threads, B * (nnz + M))
     cdef int Tg = T if nnz >= _SERIAL_VALUES else 1
     cdef int64_t tasks = T
+    cdef const int64_t[::1] bcv
+    cdef const int64_t[::1] bmv
     if tasks > 1:
-        cost = np.asarray(colptr) + _COL_COST * np.arange(M + 1, dtype=np.int64)
-        bc, bm = _split_flat(cost, n_chunks, tasks, 1)
-    else:
-        bc = np.array([0, n_chunks], dtype=np.int64)
-        bm = np.zeros(2, dtype=np.int64)
-    cdef const int64_t[::1] bcv = bc
-    cdef const int64_t[::1] bmv = bm
+        key = ("linear_backward_split", n_chunks, tasks)
+        split = (<_CompressedMatrix> W)._cache.get(key)
+        if split is None:
+            cost = np.asarray(colptr) + _COL_COST * np.arange(M + 1, dtype=np.int64)
+            split = _split_flat(cost, n_chunks, tasks, 1)
+            (<_CompressedMatrix> W)._cache[key] = split
+        bcv, bmv = split
 
     cdef int64_t vals_bytes = (nnz_pad * itemsize + 63) // 64 * 64
     cdef int64_t partial_bytes = vals_bytes
     cdef int64_t per_task = (sp_linear_bwd_scratch(chunk, N) * itemsize + 63) // 64 * 64
-    buf = scratch(vals_bytes + tasks * (partial_bytes + per_task))
-    cdef char* vals_p = _ptr(buf)
+    buf = _scratch_buffer(vals_bytes + tasks * (partial_bytes + per_task))
+    cdef char* vals_p = _aligned(buf)
     cdef char* pp = vals_p + vals_bytes
     cdef char* sp = pp + tasks * partial_bytes
     cdef const int64_t* slot_p = <const int64_t*> _ptr(slot)

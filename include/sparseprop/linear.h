@@ -125,10 +125,16 @@ SP_INLINE int64_t sp_linear_bwd_scratch(int64_t chunk, int64_t N)
 #undef SP_CVB
 
 #if SP_X86
+#ifndef SP_LINEAR_CV_F32_AVX2
+#define SP_LINEAR_CV_F32_AVX2 4
+#endif
+#ifndef SP_LINEAR_CVB_F32_AVX2
+#define SP_LINEAR_CVB_F32_AVX2 2
+#endif
 #define SP_CUR_ISA SP_ISA_AVX2
 #define SP_CUR_F64 0
-#define SP_CV 2
-#define SP_CVB 2
+#define SP_CV SP_LINEAR_CV_F32_AVX2
+#define SP_CVB SP_LINEAR_CVB_F32_AVX2
 #include "sparseprop/simd_begin.h"
 #include "sparseprop/linear_impl.h"
 #include "sparseprop/simd_end.h"
@@ -136,7 +142,7 @@ SP_INLINE int64_t sp_linear_bwd_scratch(int64_t chunk, int64_t N)
 #undef SP_CVB
 #define SP_CUR_ISA SP_ISA_AVX2
 #define SP_CUR_F64 1
-#define SP_CV 2
+#define SP_CV 4
 #define SP_CVB 2
 #include "sparseprop/simd_begin.h"
 #include "sparseprop/linear_impl.h"

@@ -302,6 +302,10 @@ static void SP_FN(sp_linear_fwd)(const sp_linear_fwd_args* a)
 
 /* ---- backward ------------------------------------------------------------ */
 
+/* Accumulator sets of dX^T: two when a column's FMA chains are too few to
+ * hide the FMA latency. */
+#define SP_LIN_DXSETS (SP_CVB >= 3 ? 1 : 2)
+
 /* Nonzeros ahead whose dY^T rows the backward prefetches into L1. */
 #define SP_LIN_BWD_PF 16
 
@@ -344,7 +348,7 @@ SP_ALWAYS_INLINE void SP_FN(sp_lin_bwd_columns)(const sp_linear_bwd_args* a, int
                 SP_V d = SP_VLOAD(dy);
                 prod[g] = SP_VMUL(d, xt[0]);
                 if (with_dx) {
-                    if (g & 1)
+                    if (SP_LIN_DXSETS == 2 && (g & 1))
                         dxb[0] = SP_VFMA(w, d, dxb[0]);
                     else
                         dxa[0] = SP_VFMA(w, d, dxa[0]);
@@ -353,7 +357,7 @@ SP_ALWAYS_INLINE void SP_FN(sp_lin_bwd_columns)(const sp_linear_bwd_args* a, int
                     d = SP_VLOAD(dy + k * SP_VL);
                     prod[g] = SP_VFMA(d, xt[k], prod[g]);
                     if (with_dx) {
-                        if (g & 1)
+                        if (SP_LIN_DXSETS == 2 && (g & 1))
                             dxb[k] = SP_VFMA(w, d, dxb[k]);
                         else
                             dxa[k] = SP_VFMA(w, d, dxa[k]);
@@ -398,6 +402,7 @@ static void SP_FN(sp_linear_bwd)(const sp_linear_bwd_args* a)
 
 #undef SP_LIN_BWD_CB
 #undef SP_LIN_BWD_PF
+#undef SP_LIN_DXSETS
 #undef SP_LIN_HAVE_TR
 #undef SP_LIN_FSETS
 #undef SP_BC
