@@ -11,8 +11,13 @@ Quick start::
     W = sp.CSRMatrix.from_dense(dense_weight)          # (out, in), float32
     Y = sp.linear_forward(X, W, bias)                  # like F.linear
     dX, dW = sp.linear_backward(X, W, dY)              # dW aligned with W.data
+    C = sp.SparseConvWeight.from_dense(dense_conv_weight)   # (out, in/groups, kh, kw)
+    Y = sp.conv2d_forward(X, C, bias, stride=1, padding=1)  # like F.conv2d, NCHW
+    dX, dW = sp.conv2d_backward(X, C, dY, padding=1)        # dW aligned with C.data
 """
 from sparseprop._config import openmp_enabled
+from sparseprop._conv2d import conv2d_algorithm, conv2d_backward, conv2d_forward
+from sparseprop._convweight import SparseConvWeight
 from sparseprop._formats import CSCMatrix, CSRMatrix
 from sparseprop._linear import linear_backward, linear_forward
 
@@ -21,8 +26,12 @@ __version__ = "0.1.0"
 __all__ = [
     "CSCMatrix",
     "CSRMatrix",
+    "SparseConvWeight",
     "__version__",
     "config",
+    "conv2d_algorithm",
+    "conv2d_backward",
+    "conv2d_forward",
     "linear_backward",
     "linear_forward",
     "openmp_enabled",

@@ -12,7 +12,7 @@ from sparseprop import _config
 
 HERE = Path(__file__).resolve().parent
 # Modules whose every test must pass under every ISA.
-KERNEL_TEST_MODULES = ["test_linear.py"]
+KERNEL_TEST_MODULES = ["test_linear.py", "test_conv2d.py"]
 
 OTHER_ISAS = [name for i, name in enumerate(_config.ISA_NAMES)
               if i <= _config.CPU_ISA and i != _config.ISA]

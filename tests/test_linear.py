@@ -76,7 +76,7 @@ def test_runs_under_requested_isa():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch", TAIL_SIZES + [902])
 @pytest.mark.parametrize("n_in,n_out", [(1, 1), (7, 8), (8, 7), (15, 16), (16, 17), (17, 37),
-                                        (37, 15), (0, 5), (5, 0)])
+                                        (37, 15), (0, 5), (5, 0), (902, 17), (16, 902)])
 def test_shapes_hitting_simd_tails(dtype, batch, n_in, n_out, rng):
     Wd = random_sparse_dense(rng, (n_out, n_in), 0.5, dtype)
     X = rng.standard_normal((batch, n_in)).astype(dtype)

@@ -1,0 +1,568 @@
+/* conv_impl.h - one instantiation of the sparse conv2d kernels; included by
+ * conv.h inside a simd_begin.h region.  See conv.h for the algorithms, the
+ * buffer layouts and the argument structs. */
+
+/* ---- vector vocabulary of the conv kernels (256-bit in both x86 regions) */
+#if SP_CUR_ISA == SP_ISA_SCALAR
+#define SP_CW_V SP_T
+#define SP_CW_L 1
+#define SP_CW_SET1(x) ((SP_T)(x))
+#define SP_CW_LOAD(p) (*(p))
+#define SP_CW_STORE(p, v) (*(p) = (v))
+#define SP_CW_ADD(a, b) ((a) + (b))
+#define SP_CW_FMA(a, b, c) ((a) * (b) + (c))
+#define SP_CW_FWD_ACC 8
+#define SP_CW_BWD_ACC 4
+#define SP_CW_PIN(v) ((void)0)
+#else
+/* Keep a loaded vector in a register (an empty asm that "changes" it). */
+#define SP_CW_PIN(v) __asm__("" : "+x"(v))
+#if SP_CUR_F64
+#define SP_CW_V __m256d
+#define SP_CW_L 4
+#define SP_CW_SET1(x) _mm256_set1_pd(x)
+#define SP_CW_LOAD(p) _mm256_loadu_pd(p)
+#define SP_CW_STORE(p, v) _mm256_storeu_pd((p), (v))
+#define SP_CW_ADD(a, b) _mm256_add_pd((a), (b))
+#define SP_CW_FMA(a, b, c) _mm256_fmadd_pd((a), (b), (c))
+#else
+#define SP_CW_V __m256
+#define SP_CW_L 8
+#define SP_CW_SET1(x) _mm256_set1_ps(x)
+#define SP_CW_LOAD(p) _mm256_loadu_ps(p)
+#define SP_CW_STORE(p, v) _mm256_storeu_ps((p), (v))
+#define SP_CW_ADD(a, b) _mm256_add_ps((a), (b))
+#define SP_CW_FMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#endif
+#if SP_CUR_ISA == SP_ISA_AVX512
+#define SP_CW_FWD_ACC 28 /* of 32 registers: + broadcast + load */
+#define SP_CW_BWD_ACC 12 /* X and dX tiles: 24, + 2 dW chains + dY + w */
+#else
+#define SP_CW_FWD_ACC 12 /* of 16 registers */
+#define SP_CW_BWD_ACC 5
+#endif
+#endif
+
+SP_INLINE int64_t SP_FN(sp_conv_lanes)(void) { return SP_CW_L; }
+
+/* ---- forward register tile ------------------------------------------------
+ * out[r*ors + c*L + lane] = init + sum_k vals[k] * xb[off[k] + delta + r*xrs + c*L + lane]
+ * for r < R, c < NC. */
+SP_ALWAYS_INLINE void SP_FN(sp_cw_fwd_body)(const SP_T* SP_RESTRICT xb, int64_t xrs,
+                                            const int64_t* SP_RESTRICT off, int64_t delta,
+                                            const SP_T* SP_RESTRICT vals, int64_t n, SP_T init,
+                                            SP_T* SP_RESTRICT out, int64_t ors, const int R,
+                                            const int NC)
+{
+    SP_CW_V acc[SP_CONV_MAX_R][SP_CONV_MAX_NC];
+    const SP_CW_V vi = SP_CW_SET1(init);
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < NC; c++)
+            acc[r][c] = vi;
+    if (n <= 0) { /* separate exit: keeps the tile in registers (no stack copy) */
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < NC; c++)
+                SP_CW_STORE(out + r * ors + c * SP_CW_L, vi);
+        return;
+    }
+    const SP_T* base = xb + delta;
+    for (int64_t k = 0; k < n; k++) {
+        /* row pointers, so every load is pointer + immediate offset */
+        const SP_T* p = base + off[k];
+        const SP_CW_V v = SP_CW_SET1(vals[k]);
+        for (int r = 0; r < R; r++) {
+            for (int c = 0; c < NC; c++)
+                acc[r][c] = SP_CW_FMA(v, SP_CW_LOAD(p + c * SP_CW_L), acc[r][c]);
+            p += xrs;
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < NC; c++)
+            SP_CW_STORE(out + r * ors + c * SP_CW_L, acc[r][c]);
+}
+
+/* ---- backward register tile (input-stationary, fused) ----------------------
+ * X tile xb[r*xrs + c*L] and, if with_dx, the dX tile stay in registers; for
+ * each weight k: d = dyb[off[k] + delta + r*dyrs + c*L],
+ *     dX tile += vals[k] * d,     dwv[k*L .. +L] += sum over the tile of d * X.
+ * The dX tile is stored to dxb (same offsets as xb). */
+SP_ALWAYS_INLINE void SP_FN(sp_cw_bwd_body)(const SP_T* SP_RESTRICT xb, SP_T* SP_RESTRICT dxb,
+                                            int64_t xrs, const SP_T* SP_RESTRICT dyb,
+                                            int64_t dyrs, const int64_t* SP_RESTRICT off,
+                                            int64_t delta, const SP_T* SP_RESTRICT vals,
+                                            int64_t n, SP_T* SP_RESTRICT dwv, const int R,
+                                            const int NC, const int with_dx)
+{
+    SP_CW_V xr[SP_CONV_MAX_R][SP_CONV_MAX_NC], dx[SP_CONV_MAX_R][SP_CONV_MAX_NC];
+    if (n <= 0) { /* separate exit: keeps the tiles in registers (no stack copy) */
+        if (with_dx)
+            for (int r = 0; r < R; r++)
+                for (int c = 0; c < NC; c++)
+                    SP_CW_STORE(dxb + r * xrs + c * SP_CW_L, SP_CW_SET1(0));
+        return;
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < NC; c++) {
+            xr[r][c] = SP_CW_LOAD(xb + r * xrs + c * SP_CW_L);
+            dx[r][c] = SP_CW_SET1(0);
+        }
+    const SP_T* base = dyb + delta;
+    for (int64_t k = 0; k < n; k++) {
+        const SP_T* p = base + off[k];
+        const SP_CW_V v = SP_CW_SET1(vals[k]);
+        SP_CW_V w0 = SP_CW_SET1(0), w1 = SP_CW_SET1(0);
+        for (int r = 0; r < R; r++, p += dyrs)
+            for (int c = 0; c < NC; c++) {
+                SP_CW_V d = SP_CW_LOAD(p + c * SP_CW_L);
+                SP_CW_PIN(d); /* one load feeding both FMAs (gcc would load twice) */
+                if (with_dx)
+                    dx[r][c] = SP_CW_FMA(v, d, dx[r][c]);
+                if ((r * NC + c) & 1)
+                    w1 = SP_CW_FMA(d, xr[r][c], w1);
+                else
+                    w0 = SP_CW_FMA(d, xr[r][c], w0);
+            }
+        SP_T* q = dwv + k * SP_CW_L;
+        SP_CW_STORE(q, SP_CW_ADD(SP_CW_LOAD(q), SP_CW_ADD(w0, w1)));
+    }
+    if (with_dx)
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < NC; c++)
+                SP_CW_STORE(dxb + r * xrs + c * SP_CW_L, dx[r][c]);
+}
+
+/* ---- one function per tile shape, in tables indexed [R-1][NC-1] ---------- */
+typedef void (*SP_FN(sp_cw_fwd_tile_t))(const SP_T*, int64_t, const int64_t*, int64_t,
+                                        const SP_T*, int64_t, SP_T, SP_T*, int64_t);
+typedef void (*SP_FN(sp_cw_bwd_tile_t))(const SP_T*, SP_T*, int64_t, const SP_T*, int64_t,
+                                        const int64_t*, int64_t, const SP_T*, int64_t, SP_T*);
+
+#define SP_CW_DEF(R, NC)                                                                        \
+    static void SP_FN(sp_cw_fwd_##R##x##NC)(const SP_T* xb, int64_t xrs, const int64_t* off,    \
+                                            int64_t delta, const SP_T* vals, int64_t n,         \
+                                            SP_T init, SP_T* out, int64_t ors)                  \
+    {                                                                                           \
+        SP_FN(sp_cw_fwd_body)(xb, xrs, off, delta, vals, n, init, out, ors, R, NC);             \
+    }                                                                                           \
+    static void SP_FN(sp_cw_bwdx_##R##x##NC)(const SP_T* xb, SP_T* dxb, int64_t xrs,            \
+                                             const SP_T* dyb, int64_t dyrs, const int64_t* off, \
+                                             int64_t delta, const SP_T* vals, int64_t n,        \
+                                             SP_T* dwv)                                         \
+    {                                                                                           \
+        SP_FN(sp_cw_bwd_body)(xb, dxb, xrs, dyb, dyrs, off, delta, vals, n, dwv, R, NC, 1);     \
+    }                                                                                           \
+    static void SP_FN(sp_cw_bwdw_##R##x##NC)(const SP_T* xb, SP_T* dxb, int64_t xrs,            \
+                                             const SP_T* dyb, int64_t dyrs, const int64_t* off, \
+                                             int64_t delta, const SP_T* vals, int64_t n,        \
+                                             SP_T* dwv)                                         \
+    {                                                                                           \
+        SP_FN(sp_cw_bwd_body)(xb, dxb, xrs, dyb, dyrs, off, delta, vals, n, dwv, R, NC, 0);     \
+    }
+#define SP_CW_DEF_ROW(R)                                                                        \
+    SP_CW_DEF(R, 1) SP_CW_DEF(R, 2) SP_CW_DEF(R, 3) SP_CW_DEF(R, 4) SP_CW_DEF(R, 5)            \
+    SP_CW_DEF(R, 6) SP_CW_DEF(R, 7)
+SP_CW_DEF_ROW(1)
+SP_CW_DEF_ROW(2)
+SP_CW_DEF_ROW(3)
+SP_CW_DEF_ROW(4)
+SP_CW_DEF_ROW(5)
+SP_CW_DEF_ROW(6)
+SP_CW_DEF_ROW(7)
+
+/* Shapes over the register budget are never picked (sp_conv_pick_tile):
+ * leave them out so the compiler drops their (spilling) bodies. */
+#define SP_CW_PICK(kind, R, NC, acc) (((R) * (NC) <= (acc)) ? SP_FN(sp_cw_##kind##_##R##x##NC) : 0)
+#define SP_CW_ROW(kind, R, acc)                                                                 \
+    {SP_CW_PICK(kind, R, 1, acc), SP_CW_PICK(kind, R, 2, acc), SP_CW_PICK(kind, R, 3, acc),     \
+     SP_CW_PICK(kind, R, 4, acc), SP_CW_PICK(kind, R, 5, acc), SP_CW_PICK(kind, R, 6, acc),     \
+     SP_CW_PICK(kind, R, 7, acc)}
+#define SP_CW_TABLE(kind, acc)                                                                  \
+    {SP_CW_ROW(kind, 1, acc), SP_CW_ROW(kind, 2, acc), SP_CW_ROW(kind, 3, acc),                 \
+     SP_CW_ROW(kind, 4, acc), SP_CW_ROW(kind, 5, acc), SP_CW_ROW(kind, 6, acc),                 \
+     SP_CW_ROW(kind, 7, acc)}
+
+static const SP_FN(sp_cw_fwd_tile_t) SP_FN(sp_cw_fwd_tiles)[SP_CONV_MAX_R][SP_CONV_MAX_NC] =
+    SP_CW_TABLE(fwd, SP_CW_FWD_ACC);
+static const SP_FN(sp_cw_bwd_tile_t) SP_FN(sp_cw_bwdx_tiles)[SP_CONV_MAX_R][SP_CONV_MAX_NC] =
+    SP_CW_TABLE(bwdx, SP_CW_BWD_ACC);
+static const SP_FN(sp_cw_bwd_tile_t) SP_FN(sp_cw_bwdw_tiles)[SP_CONV_MAX_R][SP_CONV_MAX_NC] =
+    SP_CW_TABLE(bwdw, SP_CW_BWD_ACC);
+
+/* ---- packing ------------------------------------------------------------ */
+
+/* ev[i] = src[2i], od[i] = src[2i+1] for 2i (+1) < n: the two column phases
+ * of a stride-2 row. */
+static void SP_FN(sp_cw_split2)(const SP_T* SP_RESTRICT src, int64_t n, SP_T* SP_RESTRICT ev,
+                                SP_T* SP_RESTRICT od)
+{
+    int64_t i = 0;
+#if SP_CUR_ISA != SP_ISA_SCALAR
+#if SP_CUR_F64
+    for (; i + 8 <= n; i += 8) {
+        const __m256d a = _mm256_loadu_pd(src + i), b = _mm256_loadu_pd(src + i + 4);
+        const __m256d lo = _mm256_unpacklo_pd(a, b), hi = _mm256_unpackhi_pd(a, b);
+        _mm256_storeu_pd(ev + i / 2, _mm256_permute4x64_pd(lo, _MM_SHUFFLE(3, 1, 2, 0)));
+        _mm256_storeu_pd(od + i / 2, _mm256_permute4x64_pd(hi, _MM_SHUFFLE(3, 1, 2, 0)));
+    }
+#else
+    for (; i + 16 <= n; i += 16) {
+        const __m256 a = _mm256_loadu_ps(src + i), b = _mm256_loadu_ps(src + i + 8);
+        const __m256 e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+        const __m256 o = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+        _mm256_storeu_ps(ev + i / 2, _mm256_castpd_ps(_mm256_permute4x64_pd(
+                                         _mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0))));
+        _mm256_storeu_ps(od + i / 2, _mm256_castpd_ps(_mm256_permute4x64_pd(
+                                         _mm256_castps_pd(o), _MM_SHUFFLE(3, 1, 2, 0))));
+    }
+#endif
+#endif
+    for (; i + 1 < n; i += 2) {
+        ev[i / 2] = src[i];
+        od[i / 2] = src[i + 1];
+    }
+    if (i < n)
+        ev[i / 2] = src[i];
+}
+
+/* dst[2i] = ev[i], dst[2i+1] = od[i] for 2i (+1) < n (inverse of split2). */
+static void SP_FN(sp_cw_merge2)(const SP_T* SP_RESTRICT ev, const SP_T* SP_RESTRICT od,
+                                int64_t n, SP_T* SP_RESTRICT dst)
+{
+    int64_t i = 0;
+#if SP_CUR_ISA != SP_ISA_SCALAR
+#if SP_CUR_F64
+    for (; i + 8 <= n; i += 8) {
+        const __m256d e = _mm256_loadu_pd(ev + i / 2), o = _mm256_loadu_pd(od + i / 2);
+        const __m256d lo = _mm256_unpacklo_pd(e, o), hi = _mm256_unpackhi_pd(e, o);
+        _mm256_storeu_pd(dst + i, _mm256_permute2f128_pd(lo, hi, 0x20));
+        _mm256_storeu_pd(dst + i + 4, _mm256_permute2f128_pd(lo, hi, 0x31));
+    }
+#else
+    for (; i + 16 <= n; i += 16) {
+        const __m256 e = _mm256_loadu_ps(ev + i / 2), o = _mm256_loadu_ps(od + i / 2);
+        const __m256 lo = _mm256_unpacklo_ps(e, o), hi = _mm256_unpackhi_ps(e, o);
+        _mm256_storeu_ps(dst + i, _mm256_permute2f128_ps(lo, hi, 0x20));
+        _mm256_storeu_ps(dst + i + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+    }
+#endif
+#endif
+    for (; i + 1 < n; i += 2) {
+        dst[i] = ev[i / 2];
+        dst[i + 1] = od[i / 2];
+    }
+    if (i < n)
+        dst[i] = ev[i / 2];
+}
+
+/* X[unit] channels [c0, c1) -> buf ([c - c0][Hb][sw][Wq][U], zero elsewhere).
+ * tmp: W*U elements.  Only the data positions are written. */
+static void SP_FN(sp_cw_pack_x)(const sp_conv_geom* g, const SP_T* X, int64_t sxb, int64_t sxc,
+                                int64_t sxh, int64_t u, int64_t c0, int64_t c1,
+                                SP_T* SP_RESTRICT buf, SP_T* SP_RESTRICT tmp)
+{
+    const int64_t U = g->U, W = g->W, sw = g->sw, pl = g->pl, Wq = g->Wq;
+    for (int64_t c = c0; c < c1; c++) {
+        for (int64_t h = 0; h < g->H; h++) {
+            SP_T* row = buf + (c - c0) * g->plane_x + (h + g->pt) * g->rowlen_x;
+            if (g->batch_last) {
+                const int64_t b0 = u * g->L, rows = SP_MIN(g->L, g->B - b0);
+                const SP_T* src = X + b0 * sxb + c * sxc + h * sxh;
+                if (sw == 1) {
+                    SP_FN(sp_transpose)(src, sxb, row + pl * U, U, rows, W);
+                } else {
+                    if (rows < U)
+                        memset(tmp, 0, (size_t)(W * U) * sizeof(SP_T));
+                    SP_FN(sp_transpose)(src, sxb, tmp, U, rows, W);
+                    for (int64_t w = 0; w < W; w++) {
+                        const int64_t wp = w + pl;
+                        memcpy(row + ((wp % sw) * Wq + wp / sw) * U, tmp + w * U,
+                               (size_t)U * sizeof(SP_T));
+                    }
+                }
+            } else {
+                const SP_T* src = X + u * sxb + c * sxc + h * sxh;
+                if (sw == 1) {
+                    memcpy(row + pl, src, (size_t)W * sizeof(SP_T));
+                } else if (sw == 2) { /* even columns -> phase pl%2, odd -> the other */
+                    SP_FN(sp_cw_split2)(src, W, row + (pl % 2) * Wq + pl / 2,
+                                        row + ((pl + 1) % 2) * Wq + (pl + 1) / 2);
+                } else {
+                    for (int64_t w = 0; w < W; w++) {
+                        const int64_t wp = w + pl;
+                        row[(wp % sw) * Wq + wp / sw] = src[w];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* dY[unit] channels [o0, o1) -> buf ([o - o0][Hdy][Wdy][U], zero borders). */
+static void SP_FN(sp_cw_pack_dy)(const sp_conv_geom* g, const SP_T* dY, int64_t syb, int64_t syc,
+                                 int64_t syh, int64_t u, int64_t o0, int64_t o1,
+                                 SP_T* SP_RESTRICT buf)
+{
+    const int64_t U = g->U;
+    for (int64_t o = o0; o < o1; o++) {
+        for (int64_t p = 0; p < g->OH; p++) {
+            SP_T* dst = buf + (o - o0) * g->plane_dy + (p + g->TP) * g->rowlen_dy + g->LP * U;
+            if (g->batch_last) {
+                const int64_t b0 = u * g->L, rows = SP_MIN(g->L, g->B - b0);
+                SP_FN(sp_transpose)(dY + b0 * syb + o * syc + p * syh, syb, dst, U, rows, g->OW);
+            } else {
+                memcpy(dst, dY + u * syb + o * syc + p * syh, (size_t)g->OW * sizeof(SP_T));
+            }
+        }
+    }
+}
+
+/* dX buffer (layout of the X buffer) -> dX[unit] channels [c0, c1), C-contiguous. */
+static void SP_FN(sp_cw_unpack_dx)(const sp_conv_geom* g, SP_T* dX, int64_t u, int64_t c0,
+                                   int64_t c1, const SP_T* SP_RESTRICT buf,
+                                   SP_T* SP_RESTRICT tmp)
+{
+    const int64_t U = g->U, W = g->W, H = g->H, sw = g->sw, pl = g->pl, Wq = g->Wq;
+    const int64_t sdc = H * W, sdb = g->C * sdc;
+    for (int64_t c = c0; c < c1; c++) {
+        for (int64_t h = 0; h < H; h++) {
+            const SP_T* row = buf + (c - c0) * g->plane_x + (h + g->pt) * g->rowlen_x;
+            if (g->batch_last) {
+                const int64_t b0 = u * g->L, rows = SP_MIN(g->L, g->B - b0);
+                SP_T* dst = dX + b0 * sdb + c * sdc + h * W;
+                if (sw == 1) {
+                    SP_FN(sp_transpose)(row + pl * U, U, dst, sdb, W, rows);
+                } else {
+                    for (int64_t w = 0; w < W; w++) {
+                        const int64_t wp = w + pl;
+                        memcpy(tmp + w * U, row + ((wp % sw) * Wq + wp / sw) * U,
+                               (size_t)U * sizeof(SP_T));
+                    }
+                    SP_FN(sp_transpose)(tmp, U, dst, sdb, W, rows);
+                }
+            } else {
+                SP_T* dst = dX + u * sdb + c * sdc + h * W;
+                if (sw == 1) {
+                    memcpy(dst, row + pl, (size_t)W * sizeof(SP_T));
+                } else if (sw == 2) {
+                    SP_FN(sp_cw_merge2)(row + (pl % 2) * Wq + pl / 2,
+                                        row + ((pl + 1) % 2) * Wq + (pl + 1) / 2, W, dst);
+                } else {
+                    for (int64_t w = 0; w < W; w++) {
+                        const int64_t wp = w + pl;
+                        dst[w] = row[(wp % sw) * Wq + wp / sw];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* ---- forward: units [u0, u1), output channels [o0, o1) -------------------- */
+static void SP_FN(sp_conv_fwd)(const sp_conv_fwd_args* a, int64_t u0, int64_t u1, int64_t o0,
+                               int64_t o1, void* scratch)
+{
+    const sp_conv_geom* g = a->g;
+    if (o0 >= o1 || u0 >= u1)
+        return;
+    const int64_t U = g->U, L = g->L, cv = g->cv, OH = g->OH, OW = g->OW, OC = g->OC;
+    const int64_t c0 = (o0 / g->OCg) * g->ICg, c1 = ((o1 - 1) / g->OCg + 1) * g->ICg;
+    const int64_t xsize = (c1 - c0) * g->plane_x;
+    SP_T* xbuf = (SP_T*)scratch;
+    SP_T* tmp = xbuf + xsize;      /* W*U: one packed row        */
+    SP_T* out = tmp + g->W * U;    /* output plane or one tile   */
+    const SP_T* X = (const SP_T*)a->X;
+    SP_T* Y = (SP_T*)a->Y;
+    const SP_T* bias = (const SP_T*)a->bias;
+    const SP_T* vals = (const SP_T*)a->vals;
+    const int64_t* och = a->och;
+    const int64_t* xoff = a->xoff;
+    const int64_t xrs = g->sh * g->rowlen_x, shift = c0 * g->plane_x;
+    int R, NC;
+    sp_conv_pick_tile(OW, cv, SP_CW_FWD_ACC, &R, &NC);
+
+    memset(xbuf, 0, (size_t)xsize * sizeof(SP_T));
+    for (int64_t u = u0; u < u1; u++) {
+        const int64_t b0 = g->batch_last ? u * L : u;
+        const int64_t rows = g->batch_last ? SP_MIN(L, g->B - b0) : 1;
+        if (g->batch_last && rows < L) /* last chunk: unused lanes must be zero */
+            memset(xbuf, 0, (size_t)xsize * sizeof(SP_T));
+        SP_FN(sp_cw_pack_x)(g, X, a->sxb, a->sxc, a->sxh, u, c0, c1, xbuf, tmp);
+        /* row bands outermost: a band's input rows (all channels) stay in
+         * cache while every output channel of the task reads them */
+        for (int64_t p0 = 0; p0 < OH; p0 += R) {
+            const int r = (int)SP_MIN((int64_t)R, OH - p0);
+            for (int64_t o = o0; o < o1; o++) {
+                const SP_T init = bias ? bias[o] : (SP_T)0;
+                const int64_t k0 = och[o], n = och[o + 1] - k0;
+                SP_T* yplane = Y + (b0 * OC + o) * OH * OW;
+                /* column tiles right to left: in over-width, a last vector past
+                 * the row's end spills into the next row, which a later tile
+                 * (the q0 = 0 one, or the next band) overwrites */
+                for (int64_t q0 = (OW - 1) / (NC * cv) * (NC * cv); q0 >= 0; q0 -= NC * cv) {
+                    const int nc = (int)SP_MIN((int64_t)NC, (OW - q0 + cv - 1) / cv);
+                    const SP_FN(sp_cw_fwd_tile_t) fn = SP_FN(sp_cw_fwd_tiles)[r - 1][nc - 1];
+                    const int64_t delta = p0 * xrs + q0 * U - shift;
+                    if (g->batch_last) {
+                        fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init, out + q0 * U, OW * U);
+                    } else if (q0 + nc * L <= OW || p0 + r < OH) {
+                        fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init,
+                           yplane + p0 * OW + q0, OW);
+                    } else { /* the plane's last row: nothing after it to spill into */
+                        fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init, out, nc * L);
+                        for (int rr = 0; rr < r; rr++)
+                            memcpy(yplane + (p0 + rr) * OW + q0, out + rr * nc * L,
+                                   (size_t)(OW - q0) * sizeof(SP_T));
+                    }
+                }
+                if (g->batch_last) /* (r*OW, lanes) -> rows p0.. of Y[b0 + lane, o] */
+                    SP_FN(sp_transpose)(out, U, yplane + p0 * OW, OC * OH * OW, r * OW, rows);
+            }
+        }
+    }
+}
+
+SP_INLINE int64_t SP_FN(sp_cw_floordiv)(int64_t a, int64_t b)
+{
+    const int64_t q = a / b;
+    return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+
+/* ---- backward: units [u0, u1), input channels [c0, c1) -------------------- */
+static void SP_FN(sp_conv_bwd)(const sp_conv_bwd_args* a, int64_t u0, int64_t u1, int64_t c0,
+                               int64_t c1, void* scratch, void* dwv_)
+{
+    const sp_conv_geom* g = a->g;
+    if (c0 >= c1)
+        return;
+    const int64_t U = g->U, L = g->L, cv = g->cv, sh = g->sh, sw = g->sw;
+    const int64_t o0 = (c0 / g->ICg) * g->OCg, o1 = ((c1 - 1) / g->ICg + 1) * g->OCg;
+    const int with_dx = a->dX != NULL;
+    const int64_t xsize = (c1 - c0) * g->plane_x, dysize = (o1 - o0) * g->plane_dy;
+    SP_T* xbuf = (SP_T*)scratch;
+    SP_T* dxbuf = with_dx ? xbuf + xsize : NULL;
+    SP_T* dybuf = xbuf + (with_dx ? 2 : 1) * xsize;
+    SP_T* tmp = dybuf + dysize;
+    const SP_T* vals = (const SP_T*)a->vals;
+    const int64_t* lptr = a->lptr;
+    const int64_t* dyoff = a->dyoff;
+    SP_T* dwv = (SP_T*)dwv_;
+    const int64_t ncls = sh * sw;
+    const int64_t xrs = sh * g->rowlen_x, dyrs = g->rowlen_dy, shift = o0 * g->plane_dy;
+    const SP_FN(sp_cw_bwd_tile_t)(*tiles)[SP_CONV_MAX_NC] =
+        with_dx ? SP_FN(sp_cw_bwdx_tiles) : SP_FN(sp_cw_bwdw_tiles);
+
+    { /* this task's dW partials: the lists of its input channels */
+        const int64_t kb = lptr[c0 * ncls], ke = lptr[c1 * ncls];
+        memset(dwv + kb * L, 0, (size_t)((ke - kb) * L) * sizeof(SP_T));
+    }
+    if (u0 >= u1)
+        return;
+    memset(xbuf, 0, (size_t)xsize * sizeof(SP_T));
+    memset(dybuf, 0, (size_t)dysize * sizeof(SP_T));
+    for (int64_t u = u0; u < u1; u++) {
+        const int64_t rows = g->batch_last ? SP_MIN(L, g->B - u * L) : 1;
+        if (g->batch_last && rows < L) { /* last chunk: unused lanes must be zero */
+            memset(xbuf, 0, (size_t)xsize * sizeof(SP_T));
+            memset(dybuf, 0, (size_t)dysize * sizeof(SP_T));
+        }
+        SP_FN(sp_cw_pack_x)(g, (const SP_T*)a->X, a->sxb, a->sxc, a->sxh, u, c0, c1, xbuf, tmp);
+        SP_FN(sp_cw_pack_dy)(g, (const SP_T*)a->dY, a->syb, a->syc, a->syh, u, o0, o1, dybuf);
+        /* row bands outermost: a band's dY rows (all output channels) stay in
+         * cache while every input channel of the task reads them */
+        for (int64_t rph = 0; rph < sh; rph++) {
+            /* padded rows h = a*sh + rph inside the image: pt <= h < pt + H */
+            const int64_t a_lo = SP_MAX(0, -SP_FN(sp_cw_floordiv)(rph - g->pt, sh));
+            const int64_t a_hi = SP_FN(sp_cw_floordiv)(g->pt + g->H - 1 - rph, sh);
+            if (a_lo > a_hi)
+                continue;
+            int R = SP_CONV_MAX_R;
+            for (int64_t wph = 0; wph < sw; wph++) {
+                const int64_t b_lo = SP_MAX(0, -SP_FN(sp_cw_floordiv)(wph - g->pl, sw));
+                const int64_t b_hi = SP_FN(sp_cw_floordiv)(g->pl + g->W - 1 - wph, sw);
+                int Rw, NCw;
+                sp_conv_pick_tile(b_hi - b_lo + 1, cv, SP_CW_BWD_ACC, &Rw, &NCw);
+                R = SP_MIN(R, Rw);
+            }
+            for (int64_t a0 = a_lo; a0 <= a_hi; a0 += R) {
+                const int r = (int)SP_MIN((int64_t)R, a_hi - a0 + 1);
+                for (int64_t c = c0; c < c1; c++) {
+                    for (int64_t wph = 0; wph < sw; wph++) {
+                        const int64_t b_lo = SP_MAX(0, -SP_FN(sp_cw_floordiv)(wph - g->pl, sw));
+                        const int64_t b_hi = SP_FN(sp_cw_floordiv)(g->pl + g->W - 1 - wph, sw);
+                        if (b_lo > b_hi)
+                            continue;
+                        const int64_t cls = (c * sh + rph) * sw + wph;
+                        const int64_t k0 = lptr[cls], n = lptr[cls + 1] - k0;
+                        if (n == 0 && !with_dx)
+                            continue;
+                        int Rw, NC;
+                        sp_conv_pick_tile(b_hi - b_lo + 1, cv, SP_CW_BWD_ACC, &Rw, &NC);
+                        for (int64_t q0 = b_lo; q0 <= b_hi; q0 += NC * cv) {
+                            const int nc = (int)SP_MIN((int64_t)NC, (b_hi - q0 + cv) / cv);
+                            const int64_t xo = (c - c0) * g->plane_x +
+                                               (a0 * sh + rph) * g->rowlen_x +
+                                               (wph * g->Wq + q0) * U;
+                            const int64_t delta = a0 * dyrs + q0 * U - shift;
+                            tiles[r - 1][nc - 1](xbuf + xo, with_dx ? dxbuf + xo : NULL, xrs,
+                                                 dybuf, dyrs, dyoff + k0, delta, vals + k0, n,
+                                                 dwv + k0 * L);
+                        }
+                    }
+                }
+            }
+        }
+        if (with_dx)
+            SP_FN(sp_cw_unpack_dx)(g, (SP_T*)a->dX, u, c0, c1, dxbuf, tmp);
+    }
+}
+
+/* dW[perm[k]] = sum over the nparts partial buffers (stride apart) and the
+ * L lanes of dwv[p*stride + k*L + lane], for k0 <= k < k1 (fixed order). */
+static void SP_FN(sp_conv_reduce)(const void* dwv_, int64_t stride, int64_t nparts, int64_t L,
+                                  const int64_t* perm, void* dW_, int64_t k0, int64_t k1)
+{
+    const SP_T* dwv = (const SP_T*)dwv_;
+    SP_T* dW = (SP_T*)dW_;
+    (void)L; /* == SP_CW_L */
+    for (int64_t k = k0; k < k1; k++) {
+        SP_CW_V v = SP_CW_LOAD(dwv + k * SP_CW_L);
+        for (int64_t p = 1; p < nparts; p++)
+            v = SP_CW_ADD(v, SP_CW_LOAD(dwv + p * stride + k * SP_CW_L));
+#if SP_CUR_ISA == SP_ISA_SCALAR
+        dW[perm[k]] = v;
+#elif SP_CUR_F64
+        const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+        dW[perm[k]] = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+#else
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        dW[perm[k]] = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+#endif
+    }
+}
+
+/* out[k] = data[perm[k]] for k0 <= k < k1: the values in list order. */
+static void SP_FN(sp_conv_gather)(const void* data_, const int64_t* perm, void* out_, int64_t k0,
+                                  int64_t k1)
+{
+    const SP_T* data = (const SP_T*)data_;
+    SP_T* out = (SP_T*)out_;
+    for (int64_t k = k0; k < k1; k++)
+        out[k] = data[perm[k]];
+}
+
+#undef SP_CW_V
+#undef SP_CW_L
+#undef SP_CW_SET1
+#undef SP_CW_LOAD
+#undef SP_CW_STORE
+#undef SP_CW_ADD
+#undef SP_CW_FMA
+#undef SP_CW_PIN
+#undef SP_CW_FWD_ACC
+#undef SP_CW_BWD_ACC
+#undef SP_CW_DEF
+#undef SP_CW_DEF_ROW
+#undef SP_CW_PICK
+#undef SP_CW_ROW
+#undef SP_CW_TABLE
