@@ -306,8 +306,13 @@ static void SP_FN(sp_linear_fwd)(const sp_linear_fwd_args* a)
  * hide the FMA latency. */
 #define SP_LIN_DXSETS (SP_CVB >= 3 ? 1 : 2)
 
-/* Nonzeros ahead whose dY^T rows the backward prefetches into L1. */
+/* Nonzeros ahead whose dY^T rows the backward prefetches into L1 (0: no
+ * prefetch; overridable to repeat the measurement). */
+#ifdef SP_LINEAR_BWD_PREFETCH
+#define SP_LIN_BWD_PF SP_LINEAR_BWD_PREFETCH
+#else
 #define SP_LIN_BWD_PF 16
+#endif
 
 /* The columns [m0, m1) of the backward pass, X^T and dX^T of those columns
  * at XT[(m - m0) * SP_BCB], dXT[...]; with_dx is a literal at each call so
@@ -336,7 +341,7 @@ SP_ALWAYS_INLINE void SP_FN(sp_lin_bwd_columns)(const sp_linear_bwd_args* a, int
             SP_V prod[8];
             /* the dY^T rows of two groups ahead: the loads are scattered
              * over L2 and their latency, not its bandwidth, limits */
-            if (q + SP_LIN_BWD_PF + 8 <= qlim)
+            if (SP_LIN_BWD_PF > 0 && q + SP_LIN_BWD_PF + 8 <= qlim)
                 for (int g = 0; g < 8; g++) {
                     const char* pf = (const char*)(dYT + (int64_t)rowidx[q + SP_LIN_BWD_PF + g] * SP_BCB);
                     for (int o = 0; o < SP_BCB * (int)sizeof(SP_T); o += 64)
