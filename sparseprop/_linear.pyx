@@ -92,7 +92,7 @@ cdef sp_linear_kernels _KERNELS_F64 = sp_linear_select(_config.ISA, 1)
 cdef int64_t _SERIAL_WORK = 1 << 16
 
 # Below this many values a gather/scatter of the weights runs on one thread.
-cdef int64_t _SERIAL_VALUES = 1 << 16
+cdef int64_t _SERIAL_VALUES = 1 << 13
 
 # Fixed cost of one output row (forward) / input column (backward) of a chunk,
 # in nonzeros, when the work is balanced between threads.
