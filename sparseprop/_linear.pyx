@@ -16,7 +16,7 @@ import threading
 import numpy as np
 
 cimport numpy as cnp
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange, threadid
 from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memset
 
@@ -81,6 +81,7 @@ cdef extern from "sparseprop/linear.h" nogil:
     int64_t sp_linear_bwd_scratch(int64_t chunk, int64_t N)
     int SP_LINEAR_PAD
     int SP_LINEAR_FWD_TILE
+    void sp_linear_barrier()
 
 
 # Kernels chosen once, at import, for the ISA in sparseprop._config.
@@ -219,16 +220,22 @@ ctypedef fused real:
     double
 
 
-cdef void _gather(const real* data, const int64_t* perm, real* out, int64_t n,
-                  int T) noexcept nogil:
-    """out[i] = data[perm[i]]."""
+cdef inline void _gather(const real* data, const int64_t* perm, real* out, int64_t i0,
+                         int64_t i1) noexcept nogil:
+    """out[i] = data[perm[i]] for i in [i0, i1)."""
     cdef int64_t i
-    if T > 1:
-        for i in prange(n, num_threads=T, schedule="static"):
-            out[i] = data[perm[i]]
+    for i in range(i0, i1):
+        out[i] = data[perm[i]]
+
+
+cdef inline void _gather_part(int is_f64, const char* data, const int64_t* perm, char* out,
+                              int64_t n, int part, int parts) noexcept nogil:
+    """Piece ``part`` of ``parts`` of the gather of n values."""
+    cdef int64_t i0 = n * part // parts, i1 = n * (part + 1) // parts
+    if is_f64:
+        _gather(<const double*> data, perm, <double*> out, i0, i1)
     else:
-        for i in range(n):
-            out[i] = data[perm[i]]
+        _gather(<const float*> data, perm, <float*> out, i0, i1)
 
 
 # ---------------------------------------------------------------- forward
@@ -367,21 +374,17 @@ def linear_forward(X, W, bias=None, *, n_threads=None):
     cdef int64_t n_chunks = (B + chunk - 1) // chunk
     cdef int T = _threads_for(n_threads, B * (nnz + N))
     cdef int Tg = T if nnz >= _SERIAL_VALUES else 1
-    cdef char* g_src
-    cdef char* g_dst
-    cdef const int64_t* g_perm
+    # the values in the kernel's order: gathered (by the threads, in the
+    # region below) unless W.data already is in that order
+    cdef const char* g_src = _ptr(W.data)
+    cdef const int64_t* g_perm = NULL
+    cdef int is_f64 = itemsize == 8
     if perm is None:
         vals = W.data
     else:
         vals = np.empty(nnz, dtype=dtype)
-        g_src = _ptr(W.data)
-        g_dst = _ptr(vals)
         g_perm = <const int64_t*> _ptr(perm)
-        with nogil:
-            if itemsize == 8:
-                _gather(<const double*> g_src, g_perm, <double*> g_dst, nnz, Tg)
-            else:
-                _gather(<const float*> g_src, g_perm, <float*> g_dst, nnz, Tg)
+    cdef char* g_dst = _ptr(vals)
 
     # Tasks: equal shares of (chunk, output row) work, rows weighted by cost.
     cdef int64_t tasks = T
@@ -417,18 +420,32 @@ def linear_forward(X, W, bias=None, *, n_threads=None):
     cdef char* sp = _aligned(buf)
     cdef sp_linear_fwd_fn fn = K.fwd
     cdef int64_t t
+    cdef int tid, nt
     cdef int team[1]
     team[0] = 1
 
     with nogil:
         if tasks == 1:
+            if g_perm != NULL:
+                _gather_part(is_f64, g_src, g_perm, g_dst, nnz, 0, 1)
             _forward_range(fn, chunk, itemsize, Xp, Yp, B, 0, 0, n_chunks, 0, sp, &base)
         else:
-            for t in prange(tasks, num_threads=tasks, schedule="static", chunksize=1):
-                if t == 0:
-                    team[0] = sp_omp_team_size()  # through memory: not lastprivate
-                _forward_range(fn, chunk, itemsize, Xp, Yp, B, bcv[t], biv[t],
-                               bcv[t + 1], biv[t + 1], sp + t * per_task, &base)
+            # one region: every thread gathers a piece of the values, waits
+            # for the others, then computes its share
+            with parallel(num_threads=tasks):
+                tid = threadid()
+                nt = sp_omp_team_size()
+                if tid == 0:
+                    team[0] = nt  # through memory: not lastprivate
+                if g_perm != NULL:
+                    if Tg > 1:
+                        _gather_part(is_f64, g_src, g_perm, g_dst, nnz, tid, nt)
+                    elif tid == 0:
+                        _gather_part(is_f64, g_src, g_perm, g_dst, nnz, 0, 1)
+                    sp_linear_barrier()
+                for t in prange(tasks, schedule="static", chunksize=1):
+                    _forward_range(fn, chunk, itemsize, Xp, Yp, B, bcv[t], biv[t],
+                                   bcv[t + 1], biv[t + 1], sp + tid * per_task, &base)
     _last_team = team[0]
     return Y.reshape(lead + (N,))
 
@@ -469,51 +486,70 @@ def _backward_plan(_CompressedMatrix W):
     return plan
 
 
-cdef void _scatter_values(const real* data, const int64_t* slot, real* vals_pad,
-                          int64_t nnz_pad, int64_t nnz, int T) noexcept nogil:
-    """vals_pad = 0 at dummies, data[i] at slot[i]."""
+cdef inline void _scatter_values(const real* data, const int64_t* slot, real* vals_pad,
+                                 int64_t i0, int64_t i1) noexcept nogil:
+    """vals_pad[slot[i]] = data[i] for i in [i0, i1)."""
     cdef int64_t i
-    memset(vals_pad, 0, nnz_pad * sizeof(real))
-    if T > 1:
-        for i in prange(nnz, num_threads=T, schedule="static"):
-            vals_pad[slot[i]] = data[i]
-    else:
-        for i in range(nnz):
-            vals_pad[slot[i]] = data[i]
+    for i in range(i0, i1):
+        vals_pad[slot[i]] = data[i]
 
 
-cdef void _reduce_partials(const real* parts, int64_t stride, int64_t n_parts,
-                           const int64_t* slot, real* dW, int64_t nnz, int T) noexcept nogil:
-    """dW[i] = sum over partial buffers of parts[slot[i]] (fixed order)."""
+cdef inline void _reduce_partials(const real* parts, int64_t stride, int64_t n_parts,
+                                  const int64_t* slot, real* dW, int64_t i0,
+                                  int64_t i1) noexcept nogil:
+    """dW[i] = sum over partial buffers of parts[slot[i]] (fixed order), i in [i0, i1)."""
     cdef int64_t i, p
     cdef real acc
-    if n_parts == 1:
-        if T > 1:
-            for i in prange(nnz, num_threads=T, schedule="static"):
-                dW[i] = parts[slot[i]]
-        else:
-            for i in range(nnz):
-                dW[i] = parts[slot[i]]
-        return
-    for i in prange(nnz, num_threads=T, schedule="static"):
+    for i in range(i0, i1):
         acc = parts[slot[i]]
         for p in range(1, n_parts):
             acc = acc + parts[p * stride + slot[i]]
         dW[i] = acc
 
 
+cdef void _values_in(int is_f64, const char* data, const int64_t* slot, char* vals_pad,
+                     int64_t nnz_pad, int64_t nnz, int part, int parts) noexcept nogil:
+    """Piece ``part`` of ``parts`` of: vals_pad = 0, then data[i] at slot[i].
+    All pieces' zeroing must be done before any scatter (callers put a
+    barrier between two calls: first with nnz_pad < 0 meaning "zero only")."""
+    cdef int64_t itemsize = 8 if is_f64 else 4
+    cdef int64_t z0, z1
+    if nnz_pad >= 0:
+        z0 = nnz_pad * part // parts
+        z1 = nnz_pad * (part + 1) // parts
+        memset(vals_pad + z0 * itemsize, 0, (z1 - z0) * itemsize)
+        return
+    if is_f64:
+        _scatter_values(<const double*> data, slot, <double*> vals_pad,
+                        nnz * part // parts, nnz * (part + 1) // parts)
+    else:
+        _scatter_values(<const float*> data, slot, <float*> vals_pad,
+                        nnz * part // parts, nnz * (part + 1) // parts)
+
+
+cdef void _dW_out(int is_f64, const char* parts_p, int64_t stride, int64_t n_parts,
+                  const int64_t* slot, char* dW, int64_t nnz, int part,
+                  int parts) noexcept nogil:
+    """Piece ``part`` of ``parts`` of the sum of the partial dW buffers into dW."""
+    if is_f64:
+        _reduce_partials(<const double*> parts_p, stride, n_parts, slot, <double*> dW,
+                         nnz * part // parts, nnz * (part + 1) // parts)
+    else:
+        _reduce_partials(<const float*> parts_p, stride, n_parts, slot, <float*> dW,
+                         nnz * part // parts, nnz * (part + 1) // parts)
+
+
 cdef void _backward_range(sp_linear_bwd_fn fn, int64_t chunk, int itemsize,
                           const char* Xp, const char* dYp, char* dXp, int64_t B,
                           int64_t c, int64_t m, int64_t c1, int64_t m1,
-                          char* dW_part, int64_t nnz_pad, char* scratch_ptr,
+                          char* dW_part, char* scratch_ptr,
                           const sp_linear_bwd_args* base) noexcept nogil:
-    """Columns [m, M) of chunk c, ..., columns [0, m1) of chunk c1, into a
-    zeroed partial dW of its own."""
+    """Columns [m, M) of chunk c, ..., columns [0, m1) of chunk c1, added
+    into the calling thread's partial dW."""
     cdef sp_linear_bwd_args a = base[0]
     cdef int64_t M = a.M, me, b0
     a.scratch = scratch_ptr
     a.dW = dW_part
-    memset(dW_part, 0, nnz_pad * itemsize)
     while c < c1 or (c == c1 and m < m1):
         me = M if c < c1 else m1
         if m < me:
@@ -612,13 +648,9 @@ def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None):
     cdef char* pp = vals_p + vals_bytes
     cdef char* sp = pp + tasks * partial_bytes
     cdef const int64_t* slot_p = <const int64_t*> _ptr(slot)
-    cdef char* data_p = _ptr(W.data)
+    cdef const char* data_p = _ptr(W.data)
     cdef char* dW_p = _ptr(dW)
-    with nogil:
-        if itemsize == 8:
-            _scatter_values(<const double*> data_p, slot_p, <double*> vals_p, nnz_pad, nnz, Tg)
-        else:
-            _scatter_values(<const float*> data_p, slot_p, <float*> vals_p, nnz_pad, nnz, Tg)
+    cdef int is_f64 = itemsize == 8
 
     cdef sp_linear_bwd_args base
     base.ldx = row_stride(X2)
@@ -634,29 +666,45 @@ def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None):
     cdef char* dXp = _ptr(dX) if need_dx else NULL
     cdef sp_linear_bwd_fn fn = K.bwd
     cdef int64_t t
+    cdef int tid, nt, vp
     cdef int team[1]
     team[0] = 1
 
     with nogil:
         if tasks == 1:
+            _values_in(is_f64, data_p, slot_p, vals_p, nnz_pad, nnz, 0, 1)
+            _values_in(is_f64, data_p, slot_p, vals_p, -1, nnz, 0, 1)
+            memset(pp, 0, nnz_pad * itemsize)
             _backward_range(fn, chunk, itemsize, Xp, dYp, dXp, B, 0, 0, n_chunks, 0,
-                            pp, nnz_pad, sp, &base)
+                            pp, sp, &base)
+            _dW_out(is_f64, pp, partial_bytes // itemsize, 1, slot_p, dW_p, nnz, 0, 1)
         else:
-            for t in prange(tasks, num_threads=tasks, schedule="static", chunksize=1):
-                if t == 0:
-                    team[0] = sp_omp_team_size()  # through memory: not lastprivate
-                _backward_range(fn, chunk, itemsize, Xp, dYp, dXp, B, bcv[t], bmv[t],
-                                bcv[t + 1], bmv[t + 1], pp + t * partial_bytes, nnz_pad,
-                                sp + t * per_task, &base)
+            # one region, three phases split by barriers: the values into the
+            # padded order, each thread's share of the chunks into its own
+            # partial dW, the partials summed into dW (pieces of the values
+            # only when there are enough of them)
+            with parallel(num_threads=tasks):
+                tid = threadid()
+                nt = sp_omp_team_size()
+                if tid == 0:
+                    team[0] = nt  # through memory: not lastprivate
+                vp = nt if Tg > 1 else 1
+                if tid < vp:
+                    _values_in(is_f64, data_p, slot_p, vals_p, nnz_pad, nnz, tid, vp)
+                sp_linear_barrier()
+                if tid < vp:
+                    _values_in(is_f64, data_p, slot_p, vals_p, -1, nnz, tid, vp)
+                memset(pp + tid * partial_bytes, 0, nnz_pad * itemsize)
+                sp_linear_barrier()
+                for t in prange(tasks, schedule="static", chunksize=1):
+                    _backward_range(fn, chunk, itemsize, Xp, dYp, dXp, B, bcv[t], bmv[t],
+                                    bcv[t + 1], bmv[t + 1], pp + tid * partial_bytes,
+                                    sp + tid * per_task, &base)
+                sp_linear_barrier()
+                if tid < vp:
+                    _dW_out(is_f64, pp, partial_bytes // itemsize, nt, slot_p, dW_p, nnz,
+                            tid, vp)
     _last_team = team[0]
-
-    with nogil:
-        if itemsize == 8:
-            _reduce_partials(<const double*> pp, partial_bytes // itemsize, tasks, slot_p,
-                             <double*> dW_p, nnz, Tg)
-        else:
-            _reduce_partials(<const float*> pp, partial_bytes // itemsize, tasks, slot_p,
-                             <float*> dW_p, nnz, Tg)
     if need_dx:
         dX = dX.reshape(Xa.shape)
     return dX, dW

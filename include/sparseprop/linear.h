@@ -105,6 +105,16 @@ SP_INLINE int64_t sp_linear_bwd_scratch(int64_t chunk, int64_t N)
     return chunk * (N + 1) + 2 * SP_LINEAR_BWD_CB_MAX * chunk;
 }
 
+/* A barrier of the caller's OpenMP parallel region (an orphaned directive:
+ * the Cython driver runs several phases in one region); nothing without
+ * OpenMP. */
+SP_INLINE void sp_linear_barrier(void)
+{
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+}
+
 /* ---- instantiations ------------------------------------------------------
  * SP_CV / SP_CVB: vectors of batch lanes per forward / backward chunk.
  * Measured on one Zen 4 core (the paper's layer, 0.8-0.99 sparsity): the
