@@ -185,6 +185,37 @@ def test_threads_share_chunks(dtype, n_threads, rng):
         check_layer(X, Wd, dY, bias=bias, n_threads=n_threads)
 
 
+_SMALL_TEAM_SCRIPT = """
+import numpy as np, sparseprop as sp
+from sparseprop import _linear
+rng = np.random.default_rng(5)
+for sparsity, n_in in [(0.5, 200), (0.9, 700)]:
+    Wd = rng.standard_normal((300, n_in)); Wd[rng.random(Wd.shape) < sparsity] = 0
+    X = rng.standard_normal((150, n_in)); dY = rng.standard_normal((150, 300))
+    W = sp.CSRMatrix.from_dense(Wd)
+    Y = sp.linear_forward(X, W, n_threads=4)
+    assert _linear._last_team_size() == 1, _linear._last_team_size()
+    dX, dW = sp.linear_backward(X, W, dY, n_threads=4)
+    assert _linear._last_team_size() == 1
+    rows = np.repeat(np.arange(300), np.diff(W.indptr))
+    np.testing.assert_allclose(Y, X @ Wd.T, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dX, dY @ Wd, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dW, (dY.T @ X)[rows, W.indices], rtol=1e-10, atol=1e-9)
+print("ok")
+"""
+
+
+def test_team_smaller_than_asked():
+    # OpenMP may run a region with fewer threads than asked (here: a limit
+    # of 1); the shares of the missing threads, their partial dW buffers and
+    # their pieces of the value gather/scatter must then fall to the others.
+    from helpers import run_python
+
+    proc = run_python(["-c", _SMALL_TEAM_SCRIPT], env={"OMP_THREAD_LIMIT": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("ok")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_empty_rows_and_columns(dtype, rng):
     Wd = random_sparse_dense(rng, (40, 30), 0.5, dtype)
