@@ -135,7 +135,8 @@ def _format_row(r):
     tf, tb = r["target_speedup_fwd"], r["target_speedup_bwd"]
     tgt = (f"{tf:5.1f}{_mark(r['speedup_fwd'], tf)}/{tb:5.1f}{_mark(r['speedup_bwd'], tb)}"
            if tf is not None and tb is not None else "-")
-    return (f"{r['threads']:>7} {r['sparsity']:>8.2f} | {r['dense_fwd_ms']:7.2f}/{r['dense_bwd_ms']:7.2f}"
+    return (f"{r['threads']:>7} {r['sparsity']:>8.2f}"
+            f" | {r['dense_fwd_ms']:7.2f}/{r['dense_bwd_ms']:7.2f}"
             f" | {r['sparse_fwd_ms']:7.2f}/{r['sparse_bwd_ms']:7.2f}"
             f" | {r['speedup_fwd']:6.2f}x/{r['speedup_bwd']:6.2f}x"
             f" | {r['gflops_sparse_fwd']:5.1f}/{r['gflops_sparse_bwd']:5.1f}"

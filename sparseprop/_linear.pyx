@@ -20,7 +20,7 @@ from cython.parallel cimport parallel, prange, threadid
 from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memset
 
-from sparseprop._formats cimport CSCMatrix, CSRMatrix, _CompressedMatrix
+from sparseprop._formats cimport CSRMatrix, _CompressedMatrix
 
 from sparseprop import _config
 from sparseprop._checks import as_float_array, check_bias, row_stride, rows_view
