@@ -11,14 +11,15 @@ there are fewer chunks than threads they also split the output rows
 element; dW is accumulated in one partial buffer per batch group and summed
 once at the end.  No atomics, no barriers inside a pass.
 """
+
 import numpy as np
 
 cimport numpy as cnp
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange, threadid
 from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memset
 
-from sparseprop._formats cimport CSCMatrix, CSRMatrix, _CompressedMatrix
+from sparseprop._formats cimport CSRMatrix, _CompressedMatrix
 
 from sparseprop import _config
 from sparseprop._checks import as_float_array, check_bias, row_stride, rows_view, scratch
@@ -41,9 +42,11 @@ cdef extern from "sparseprop/linear.h" nogil:
         int64_t N
         int64_t row_begin
         int64_t row_end
-        const int64_t* indptr
+        const int64_t* ptr
         const int32_t* indices
         const void* vals
+        int64_t nblk
+        const int64_t* blk_cols
         void* scratch
 
     ctypedef struct sp_linear_bwd_args:
@@ -70,12 +73,15 @@ cdef extern from "sparseprop/linear.h" nogil:
     ctypedef struct sp_linear_kernels:
         sp_linear_fwd_fn fwd
         sp_linear_bwd_fn bwd
-        int64_t chunk
+        int64_t fwd_chunk
+        int64_t bwd_chunk
 
     sp_linear_kernels sp_linear_select(int isa, int is_f64)
-    int64_t sp_linear_fwd_scratch(int64_t chunk, int64_t M)
-    int64_t sp_linear_bwd_scratch(int64_t chunk, int64_t M, int64_t N)
+    int64_t sp_linear_fwd_scratch(int64_t chunk, int64_t M, int64_t rows, int64_t nblk)
+    int64_t sp_linear_bwd_scratch(int64_t chunk, int64_t N)
     int SP_LINEAR_PAD
+    int SP_LINEAR_FWD_TILE
+    void sp_linear_barrier()
 
 
 # Kernels chosen once, at import, for the ISA in sparseprop._config.
@@ -85,6 +91,14 @@ cdef sp_linear_kernels _KERNELS_F64 = sp_linear_select(_config.ISA, 1)
 # Below this many multiply-adds a call runs on one thread: waking a team
 # costs more than it saves.
 cdef int64_t _SERIAL_WORK = 1 << 16
+
+# Below this many values a gather/scatter of the weights runs on one thread.
+cdef int64_t _SERIAL_VALUES = 1 << 13
+
+# Fixed cost of one output row (forward) / input column (backward) of a chunk,
+# in nonzeros, when the work is balanced between threads.
+cdef int64_t _ROW_COST = 4
+cdef int64_t _COL_COST = 8
 
 # Threads of the most recent parallel region (diagnostic for the tests).
 cdef int _last_team = 0
@@ -103,6 +117,39 @@ cdef inline char* _ptr(arr):
     return <char*> cnp.PyArray_DATA(<cnp.ndarray> arr)
 
 
+cdef object _rows2d(arr, str name):
+    """rows_view(arr, name), without its general machinery for the common
+    case: a 2-D array whose rows are contiguous (any row stride)."""
+    cdef cnp.ndarray a = <cnp.ndarray> arr
+    cdef Py_ssize_t isz = cnp.PyArray_ITEMSIZE(a)
+    if cnp.PyArray_NDIM(a) == 2 and cnp.PyArray_DIM(a, 0) > 1 and cnp.PyArray_DIM(a, 1) > 1:
+        if cnp.PyArray_STRIDE(a, 1) == isz and cnp.PyArray_STRIDE(a, 0) % isz == 0:
+            return a
+    return rows_view(arr, name)
+
+
+cdef inline char* _data(buf):
+    """Start of a (64-byte aligned) scratch buffer from ``_checks.scratch``."""
+    return <char*> cnp.PyArray_DATA(<cnp.ndarray> buf)
+
+
+cdef object _empty_aligned(tuple shape, dtype):
+    """np.empty(shape, dtype) starting on a 64-byte boundary.
+
+    NumPy's allocator gives 16-byte alignment; the kernels store whole
+    64-byte row segments, and a segment straddling two cache lines leaves
+    both half written (measured: the forward 15-30% slower).  The result is a
+    C-contiguous view of a private buffer.
+    """
+    dt = np.dtype(dtype)
+    cdef Py_ssize_t n = 1
+    for d in shape:
+        n *= d
+    buf = np.empty(n * dt.itemsize + 64, dtype=np.uint8)
+    cdef size_t off = (64 - <size_t> cnp.PyArray_DATA(<cnp.ndarray> buf) % 64) % 64
+    return buf[off:off + n * dt.itemsize].view(dt).reshape(shape)
+
+
 def _check_weight(W):
     if not isinstance(W, _CompressedMatrix):
         raise TypeError(
@@ -112,58 +159,6 @@ def _check_weight(W):
     return W
 
 
-def _split_balanced(const int64_t[::1] ptr, Py_ssize_t parts):
-    """Boundaries cutting range(len(ptr) - 1) into ``parts`` pieces of about
-    equal cost, a piece's cost being its stored values plus its length."""
-    cdef Py_ssize_t n = ptr.shape[0] - 1
-    cost = np.asarray(ptr) + np.arange(n + 1)
-    targets = (cost[-1] * np.arange(parts + 1)) // parts
-    bounds = np.searchsorted(cost, targets, side="left").astype(np.int64)
-    bounds[0], bounds[-1] = 0, n
-    return np.maximum.accumulate(bounds)
-
-
-def _forward_structure(_CompressedMatrix W):
-    """(indptr, indices, values) of W in CSR order, as the forward kernel reads them."""
-    if isinstance(W, CSRMatrix):
-        return W.indptr, W.indices, W.data
-    perm, ptr, idx = W._transposed_structure()
-    return ptr, idx, np.ascontiguousarray(W.data[perm])
-
-
-def _backward_plan(_CompressedMatrix W):
-    """The padded CSC structure the backward kernel walks, built once per mask.
-
-    Returns (colptr, rowidx, slot, source): each column's list is padded to a
-    multiple of SP_LINEAR_PAD with dummies whose row is N (an all-zero row of
-    dY^T in the kernel); ``slot[i]`` is the padded position of W.data[source[i]].
-    """
-    plan = W._cache.get("linear_backward")
-    if plan is not None:
-        return plan
-    N, M = W.shape
-    if isinstance(W, CSRMatrix):
-        perm, ptr, idx = W._transposed_structure()
-    else:
-        ptr, idx = W.indptr, W.indices
-        perm = np.arange(W.nnz, dtype=np.int64)
-    counts = np.diff(ptr)
-    pad = SP_LINEAR_PAD
-    padded = (counts + pad - 1) // pad * pad
-    colptr = np.zeros(M + 1, dtype=np.int64)
-    np.cumsum(padded, out=colptr[1:])
-    col_of = np.repeat(np.arange(M, dtype=np.int64), counts)
-    slot = colptr[col_of] + (np.arange(W.nnz, dtype=np.int64) - ptr[col_of])
-    rowidx = np.full(int(colptr[-1]), N, dtype=np.int32)
-    rowidx[slot] = idx
-    source = np.ascontiguousarray(perm, dtype=np.int64)
-    plan = (colptr, rowidx, slot, source)
-    for a in plan:
-        a.flags.writeable = False
-    W._cache["linear_backward"] = plan
-    return plan
-
-
 cdef int _threads_for(object n_threads, int64_t work):
     cdef int n = _config.resolve_n_threads(n_threads)
     if work < _SERIAL_WORK:
@@ -171,19 +166,148 @@ cdef int _threads_for(object n_threads, int64_t work):
     return n
 
 
+def _split_flat(cost_cum, int64_t n_chunks, int64_t parts, int64_t align):
+    """Cut the (chunk, index) work of a pass into ``parts`` pieces of equal cost.
+
+    The work is every index (output row or input column) of every batch chunk,
+    in chunk-major order; ``cost_cum`` is the cumulative cost of the indices
+    of one chunk (length n + 1).  Returns (chunk, index) boundaries, arrays
+    of length parts + 1: piece t runs from (bc[t], bi[t]) up to (bc[t+1],
+    bi[t+1]), exclusive.  Inner boundaries are rounded to multiples of
+    ``align`` so a piece that starts inside a chunk starts on a tile.
+    """
+    cost_cum = np.asarray(cost_cum, dtype=np.int64)
+    n = cost_cum.shape[0] - 1
+    per_chunk = int(cost_cum[-1])
+    bc = np.zeros(parts + 1, dtype=np.int64)
+    bi = np.zeros(parts + 1, dtype=np.int64)
+    bc[parts] = n_chunks
+    if per_chunk <= 0:
+        return bc, bi
+    total = per_chunk * n_chunks
+    for t in range(1, parts):
+        target = total * t // parts
+        c, rem = divmod(target, per_chunk)
+        i = int(np.searchsorted(cost_cum, rem, side="left"))
+        i = min(n, (i + align // 2) // align * align)
+        if i >= n:
+            c, i = c + 1, 0
+        # keep the boundaries ordered
+        if (c, i) < (bc[t - 1], bi[t - 1]):
+            c, i = bc[t - 1], bi[t - 1]
+        bc[t], bi[t] = c, i
+    return bc, bi
+
+
+ctypedef fused real:
+    float
+    double
+
+
+cdef inline void _gather(const real* data, const int64_t* perm, real* out, int64_t i0,
+                         int64_t i1) noexcept nogil:
+    """out[i] = data[perm[i]] for i in [i0, i1)."""
+    cdef int64_t i
+    for i in range(i0, i1):
+        out[i] = data[perm[i]]
+
+
+cdef inline void _gather_part(int is_f64, const char* data, const int64_t* perm, char* out,
+                              int64_t n, int part, int parts) noexcept nogil:
+    """Piece ``part`` of ``parts`` of the gather of n values."""
+    cdef int64_t i0 = n * part // parts, i1 = n * (part + 1) // parts
+    if is_f64:
+        _gather(<const double*> data, perm, <double*> out, i0, i1)
+    else:
+        _gather(<const float*> data, perm, <float*> out, i0, i1)
+
+
 # ---------------------------------------------------------------- forward
 
-cdef void _forward_task(sp_linear_fwd_fn fn, int64_t chunk, int itemsize,
-                        const char* X, int64_t ldx, char* Y, int64_t ldy, int64_t B,
-                        int64_t c_begin, int64_t c_end, sp_linear_fwd_args base) noexcept nogil:
-    cdef sp_linear_fwd_args a = base
-    cdef int64_t c, r0
-    for c in range(c_begin, c_end):
-        r0 = c * chunk
-        a.X = X + r0 * ldx * itemsize
-        a.Y = Y + r0 * ldy * itemsize
-        a.rows = chunk if B - r0 > chunk else B - r0
-        fn(&a)
+# Tests set this (through _force_forward_blocks) to walk every block count.
+cdef int64_t _forced_blocks = 0
+
+
+def _force_forward_blocks(n):
+    """Make the forward cut W into ``n`` column blocks (0: choose; for tests)."""
+    global _forced_blocks
+    _forced_blocks = int(n)
+
+
+def _forward_blocks(int64_t M, int64_t N, int64_t nnz, int64_t chunk, int64_t itemsize):
+    """How many column blocks the forward cuts W into.
+
+    A block of X^T (its columns x the chunk's lanes) should stay in L1 while
+    every row's entries of the block are walked, but each extra block costs a
+    pass over the rows' partial sums: blocks of about 32 KiB, and only as
+    many as keep a row's entries per block at 16 or more on average.
+    """
+    if _forced_blocks > 0:
+        return int(_forced_blocks)
+    if M <= 0 or N <= 0:
+        return 1
+    by_cache = -(-(M * chunk * itemsize) // 32768)
+    by_length = (nnz // N) // 16
+    return int(max(1, min(by_cache, by_length, M // 16)))
+
+
+def _forward_plan(_CompressedMatrix W, int64_t nblk):
+    """(ptr, indices, perm, blk_cols): W's nonzeros as the forward kernel walks them.
+
+    Blocks of columns one after the other, each in CSR order (nblk == 1:
+    plain CSR).  ``perm`` maps a kernel position to a position of W.data
+    (None when it is the identity); ``blk_cols`` holds the block boundaries.
+    Built once per mask and block count.
+    """
+    key = ("linear_forward", nblk)
+    plan = W._cache.get(key)
+    if plan is not None:
+        return plan
+    N, M = W.shape
+    if isinstance(W, CSRMatrix):
+        ptr, idx, perm = W.indptr, W.indices, None
+    else:
+        perm, ptr, idx = W._transposed_structure()
+    blk_cols = np.zeros(nblk + 1, dtype=np.int64)
+    if nblk > 1:
+        blk_cols[:] = (M * np.arange(nblk + 1) // nblk) // 16 * 16
+        blk_cols[-1] = M
+        row_of = np.repeat(np.arange(N, dtype=np.int64), np.diff(ptr))
+        blk_of = np.searchsorted(blk_cols, idx, side="right") - 1
+        key_of = blk_of * N + row_of
+        order = np.argsort(key_of, kind="stable")
+        ptr = np.zeros(nblk * N + 1, dtype=np.int64)
+        np.cumsum(np.bincount(key_of, minlength=nblk * N), out=ptr[1:])
+        idx = np.ascontiguousarray(idx[order], dtype=np.int32)
+        perm = order.astype(np.int64) if perm is None else np.ascontiguousarray(perm[order])
+    plan = (ptr, idx, perm, blk_cols)
+    for arr in plan:
+        if arr is not None:
+            arr.flags.writeable = False
+    W._cache[key] = plan
+    return plan
+
+
+cdef void _forward_range(sp_linear_fwd_fn fn, int64_t chunk, int itemsize,
+                         const char* Xp, char* Yp, int64_t B, int64_t c, int64_t r,
+                         int64_t c1, int64_t r1, char* scratch_ptr,
+                         const sp_linear_fwd_args* base) noexcept nogil:
+    """Rows [r, N) of chunk c, ..., rows [0, r1) of chunk c1."""
+    cdef sp_linear_fwd_args a = base[0]
+    cdef int64_t N = a.N, re, b0
+    a.scratch = scratch_ptr
+    while c < c1 or (c == c1 and r < r1):
+        re = N if c < c1 else r1
+        if r < re:
+            b0 = c * chunk
+            a.X = Xp + b0 * a.ldx * itemsize
+            a.Y = Yp + b0 * a.ldy * itemsize
+            a.rows = chunk if B - b0 > chunk else B - b0
+            a.row_begin = r
+            a.row_end = re
+            fn(&a)
+        c += 1
+        r = 0
 
 
 def linear_forward(X, W, bias=None, *, n_threads=None):
@@ -220,24 +344,49 @@ def linear_forward(X, W, bias=None, *, n_threads=None):
     lead = Xa.shape[:-1]
     check_result_size(lead + (N,), dtype.itemsize, f"X has shape {Xa.shape}")
     b = check_bias(bias, N, dtype)
-    X2 = rows_view(Xa, "X")
+    X2 = _rows2d(Xa, "X")
     cdef int64_t B = X2.shape[0]
-    Y = np.empty((B, N), dtype=dtype)
+    Y = _empty_aligned((B, N), dtype)
     if B == 0 or N == 0:
         return Y.reshape(lead + (N,))
 
-    indptr, indices, vals = _forward_structure(W)
     cdef sp_linear_kernels K = _kernels(dtype)
-    cdef int64_t chunk = K.chunk
-    cdef int64_t n_chunks = (B + chunk - 1) // chunk
-    cdef int T = _threads_for(n_threads, B * (W.nnz + N))
-    cdef int64_t Tb = min(T, n_chunks)
-    cdef int64_t Tr = max(1, min(T // Tb, (N + 15) // 16))
-    cdef int64_t tasks = Tb * Tr
-    row_bounds = _split_balanced(indptr, Tr)
-    cdef const int64_t[::1] rb = row_bounds
+    cdef int64_t chunk = K.fwd_chunk
     cdef int itemsize = dtype.itemsize
-    cdef int64_t per_task = (sp_linear_fwd_scratch(chunk, M) * itemsize + 63) // 64 * 64
+    cdef int64_t nnz = W.nnz
+    cdef int64_t nblk = _forward_blocks(M, N, nnz, chunk, itemsize)
+    ptr, indices, perm, blk_cols = _forward_plan(W, nblk)
+    cdef int64_t n_chunks = (B + chunk - 1) // chunk
+    cdef int T = _threads_for(n_threads, B * (nnz + N))
+    cdef int Tg = T if nnz >= _SERIAL_VALUES else 1
+    # the values in the kernel's order: gathered (by the threads, in the
+    # region below) unless W.data already is in that order
+    cdef const char* g_src = _ptr(W.data)
+    cdef const int64_t* g_perm = NULL
+    cdef int is_f64 = itemsize == 8
+    if perm is None:
+        vals = W.data
+    else:
+        vals = np.empty(nnz, dtype=dtype)
+        g_perm = <const int64_t*> _ptr(perm)
+    cdef char* g_dst = _ptr(vals)
+
+    # Tasks: equal shares of (chunk, output row) work, rows weighted by cost.
+    cdef int64_t tasks = T
+    cdef const int64_t[::1] bcv
+    cdef const int64_t[::1] biv
+    if tasks > 1:
+        key = ("linear_forward_split", nblk, n_chunks, tasks)
+        split = (<_CompressedMatrix> W)._cache.get(key)
+        if split is None:
+            # a row's cost: its entries (over all blocks) plus a fixed part
+            cost = np.zeros(N + 1, dtype=np.int64)
+            np.cumsum(np.diff(np.asarray(ptr)).reshape(nblk, N).sum(axis=0) + _ROW_COST,
+                      out=cost[1:])
+            split = _split_flat(cost, n_chunks, tasks, SP_LINEAR_FWD_TILE)
+            (<_CompressedMatrix> W)._cache[key] = split
+        bcv, biv = split
+    cdef int64_t per_task = (sp_linear_fwd_scratch(chunk, M, N, nblk) * itemsize + 63) // 64 * 64
     buf = scratch(per_task * tasks)
 
     cdef sp_linear_fwd_args base
@@ -246,99 +395,159 @@ def linear_forward(X, W, bias=None, *, n_threads=None):
     base.bias = _ptr(b) if b is not None else NULL
     base.M = M
     base.N = N
-    base.indptr = <const int64_t*> _ptr(indptr)
+    base.ptr = <const int64_t*> _ptr(ptr)
     base.indices = <const int32_t*> _ptr(indices)
     base.vals = _ptr(vals)
+    base.nblk = nblk
+    base.blk_cols = <const int64_t*> _ptr(blk_cols)
     cdef const char* Xp = _ptr(X2)
     cdef char* Yp = _ptr(Y)
-    cdef char* sp = _ptr(buf)
+    cdef char* sp = _data(buf)
     cdef sp_linear_fwd_fn fn = K.fwd
     cdef int64_t t
+    cdef int tid, nt
     cdef int team[1]
-    cdef sp_linear_fwd_args a
     team[0] = 1
 
     with nogil:
         if tasks == 1:
-            a = base
-            a.row_begin = 0
-            a.row_end = N
-            a.scratch = sp
-            _forward_task(fn, chunk, itemsize, Xp, base.ldx, Yp, N, B, 0, n_chunks, a)
+            if g_perm != NULL:
+                _gather_part(is_f64, g_src, g_perm, g_dst, nnz, 0, 1)
+            _forward_range(fn, chunk, itemsize, Xp, Yp, B, 0, 0, n_chunks, 0, sp, &base)
         else:
-            for t in prange(tasks, num_threads=tasks, schedule="static", chunksize=1):
-                if t == 0:
-                    team[0] = sp_omp_team_size()  # through memory: not lastprivate
-                _forward_one(fn, chunk, itemsize, Xp, Yp, B, n_chunks, t, Tb, Tr,
-                             &rb[0], sp + t * per_task, &base)
+            # one region: every thread gathers a piece of the values, waits
+            # for the others, then computes its share
+            with parallel(num_threads=tasks):
+                tid = threadid()
+                nt = sp_omp_team_size()
+                if tid == 0:
+                    team[0] = nt  # through memory: not lastprivate
+                if g_perm != NULL:
+                    if Tg > 1:
+                        _gather_part(is_f64, g_src, g_perm, g_dst, nnz, tid, nt)
+                    elif tid == 0:
+                        _gather_part(is_f64, g_src, g_perm, g_dst, nnz, 0, 1)
+                    sp_linear_barrier()
+                for t in prange(tasks, schedule="static", chunksize=1):
+                    _forward_range(fn, chunk, itemsize, Xp, Yp, B, bcv[t], biv[t],
+                                   bcv[t + 1], biv[t + 1], sp + tid * per_task, &base)
     _last_team = team[0]
     return Y.reshape(lead + (N,))
 
 
-cdef void _forward_one(sp_linear_fwd_fn fn, int64_t chunk, int itemsize, const char* Xp,
-                       char* Yp, int64_t B, int64_t n_chunks, int64_t t, int64_t Tb,
-                       int64_t Tr, const int64_t* rb, char* scratch_ptr,
-                       const sp_linear_fwd_args* base) noexcept nogil:
-    cdef int64_t tb = t // Tr, tr = t % Tr
-    cdef sp_linear_fwd_args a = base[0]
-    a.row_begin = rb[tr]
-    a.row_end = rb[tr + 1]
-    a.scratch = scratch_ptr
-    if a.row_begin < a.row_end:
-        _forward_task(fn, chunk, itemsize, Xp, a.ldx, Yp, a.ldy, B,
-                      n_chunks * tb // Tb, n_chunks * (tb + 1) // Tb, a)
-
-
 # ---------------------------------------------------------------- backward
 
-ctypedef fused real:
-    float
-    double
+def _backward_plan(_CompressedMatrix W):
+    """The padded CSC structure the backward kernel walks, built once per mask.
+
+    Returns (colptr, rowidx, slot): each column's list is padded to a
+    multiple of SP_LINEAR_PAD with dummies whose row is N (an all-zero row
+    of dY^T in the kernel); ``slot[i]`` is the padded position of W.data[i].
+    """
+    plan = W._cache.get("linear_backward")
+    if plan is not None:
+        return plan
+    N, M = W.shape
+    if isinstance(W, CSRMatrix):
+        perm, ptr, idx = W._transposed_structure()
+    else:
+        ptr, idx = W.indptr, W.indices
+        perm = np.arange(W.nnz, dtype=np.int64)
+    counts = np.diff(ptr)
+    pad = SP_LINEAR_PAD
+    padded = (counts + pad - 1) // pad * pad
+    colptr = np.zeros(M + 1, dtype=np.int64)
+    np.cumsum(padded, out=colptr[1:])
+    col_of = np.repeat(np.arange(M, dtype=np.int64), counts)
+    slot_csc = colptr[col_of] + (np.arange(W.nnz, dtype=np.int64) - ptr[col_of])
+    rowidx = np.full(int(colptr[-1]), N, dtype=np.int32)
+    rowidx[slot_csc] = idx
+    slot = np.empty(W.nnz, dtype=np.int64)
+    slot[perm] = slot_csc
+    plan = (colptr, rowidx, slot)
+    for a in plan:
+        a.flags.writeable = False
+    W._cache["linear_backward"] = plan
+    return plan
 
 
-cdef void _gather_values(const real* data, const int64_t* slot, const int64_t* source,
-                         real* vals_pad, int64_t nnz_pad, int64_t nnz, int T) noexcept nogil:
-    """vals_pad = 0 at dummies, data[source[i]] at slot[i]."""
+cdef inline void _scatter_values(const real* data, const int64_t* slot, real* vals_pad,
+                                 int64_t i0, int64_t i1) noexcept nogil:
+    """vals_pad[slot[i]] = data[i] for i in [i0, i1)."""
     cdef int64_t i
-    memset(vals_pad, 0, nnz_pad * sizeof(real))
-    for i in prange(nnz, num_threads=T, schedule="static"):
-        vals_pad[slot[i]] = data[source[i]]
+    for i in range(i0, i1):
+        vals_pad[slot[i]] = data[i]
 
 
-cdef void _reduce_partials(const real* parts, int64_t stride, int64_t n_parts,
-                           const int64_t* slot, const int64_t* source, real* dW,
-                           int64_t nnz, int T) noexcept nogil:
-    """dW[source[i]] = sum over partial buffers of parts[slot[i]] (fixed order)."""
+cdef inline void _reduce_partials(const real* parts, int64_t stride, int64_t n_parts,
+                                  const int64_t* slot, real* dW, int64_t i0,
+                                  int64_t i1) noexcept nogil:
+    """dW[i] = sum over partial buffers of parts[slot[i]] (fixed order), i in [i0, i1)."""
     cdef int64_t i, p
     cdef real acc
-    for i in prange(nnz, num_threads=T, schedule="static"):
+    for i in range(i0, i1):
         acc = parts[slot[i]]
         for p in range(1, n_parts):
             acc = acc + parts[p * stride + slot[i]]
-        dW[source[i]] = acc
+        dW[i] = acc
 
 
-cdef void _backward_one(sp_linear_bwd_fn fn, int64_t chunk, int itemsize,
-                        const char* Xp, const char* dYp, char* dXp, int64_t B,
-                        int64_t n_chunks, int64_t t, int64_t Tb, int64_t Tc,
-                        const int64_t* cb, char* partials, int64_t partial_bytes,
-                        char* scratch_ptr, const sp_linear_bwd_args* base) noexcept nogil:
-    cdef int64_t tb = t // Tc, tc = t % Tc, c, r0
+cdef void _values_in(int is_f64, const char* data, const int64_t* slot, char* vals_pad,
+                     int64_t nnz_pad, int64_t nnz, int part, int parts) noexcept nogil:
+    """Piece ``part`` of ``parts`` of: vals_pad = 0, then data[i] at slot[i].
+    All pieces' zeroing must be done before any scatter (callers put a
+    barrier between two calls: first with nnz_pad < 0 meaning "zero only")."""
+    cdef int64_t itemsize = 8 if is_f64 else 4
+    cdef int64_t z0, z1
+    if nnz_pad >= 0:
+        z0 = nnz_pad * part // parts
+        z1 = nnz_pad * (part + 1) // parts
+        memset(vals_pad + z0 * itemsize, 0, (z1 - z0) * itemsize)
+        return
+    if is_f64:
+        _scatter_values(<const double*> data, slot, <double*> vals_pad,
+                        nnz * part // parts, nnz * (part + 1) // parts)
+    else:
+        _scatter_values(<const float*> data, slot, <float*> vals_pad,
+                        nnz * part // parts, nnz * (part + 1) // parts)
+
+
+cdef void _dW_out(int is_f64, const char* parts_p, int64_t stride, int64_t n_parts,
+                  const int64_t* slot, char* dW, int64_t nnz, int part,
+                  int parts) noexcept nogil:
+    """Piece ``part`` of ``parts`` of the sum of the partial dW buffers into dW."""
+    if is_f64:
+        _reduce_partials(<const double*> parts_p, stride, n_parts, slot, <double*> dW,
+                         nnz * part // parts, nnz * (part + 1) // parts)
+    else:
+        _reduce_partials(<const float*> parts_p, stride, n_parts, slot, <float*> dW,
+                         nnz * part // parts, nnz * (part + 1) // parts)
+
+
+cdef void _backward_range(sp_linear_bwd_fn fn, int64_t chunk, int itemsize,
+                          const char* Xp, const char* dYp, char* dXp, int64_t B,
+                          int64_t c, int64_t m, int64_t c1, int64_t m1,
+                          char* dW_part, char* scratch_ptr,
+                          const sp_linear_bwd_args* base) noexcept nogil:
+    """Columns [m, M) of chunk c, ..., columns [0, m1) of chunk c1, added
+    into the calling thread's partial dW."""
     cdef sp_linear_bwd_args a = base[0]
-    a.col_begin = cb[tc]
-    a.col_end = cb[tc + 1]
+    cdef int64_t M = a.M, me, b0
     a.scratch = scratch_ptr
-    a.dW = partials + tb * partial_bytes
-    # this task owns slots [colptr[col_begin], colptr[col_end]) of its partial
-    memset(<char*> a.dW + a.colptr[a.col_begin] * itemsize, 0,
-           (a.colptr[a.col_end] - a.colptr[a.col_begin]) * itemsize)
-    for c in range(n_chunks * tb // Tb, n_chunks * (tb + 1) // Tb):
-        r0 = c * chunk
-        a.X = Xp + r0 * a.ldx * itemsize
-        a.dY = dYp + r0 * a.lddy * itemsize
-        a.dX = (dXp + r0 * a.lddx * itemsize) if dXp != NULL else NULL
-        a.rows = chunk if B - r0 > chunk else B - r0
-        fn(&a)
+    a.dW = dW_part
+    while c < c1 or (c == c1 and m < m1):
+        me = M if c < c1 else m1
+        if m < me:
+            b0 = c * chunk
+            a.X = Xp + b0 * a.ldx * itemsize
+            a.dY = dYp + b0 * a.lddy * itemsize
+            a.dX = (dXp + b0 * a.lddx * itemsize) if dXp != NULL else NULL
+            a.rows = chunk if B - b0 > chunk else B - b0
+            a.col_begin = m
+            a.col_end = me
+            fn(&a)
+        c += 1
+        m = 0
 
 
 def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None):
@@ -384,50 +593,49 @@ def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None):
             f"(X.shape[:-1] + (out_features,))"
         )
     need_dx = bool(need_input_grad)
-    X2 = rows_view(Xa, "X")
-    dY2 = rows_view(dYa, "dY")
+    X2 = _rows2d(Xa, "X")
+    dY2 = _rows2d(dYa, "dY")
     cdef int64_t B = X2.shape[0]
-    dX = np.empty((B, M), dtype=dtype) if need_dx else None
+    dX = _empty_aligned((B, M), dtype) if need_dx else None
     cdef int64_t nnz = W.nnz
-    if B == 0:
+    if B == 0 or M == 0:
         dW = np.zeros(nnz, dtype=dtype)
         if need_dx:
             dX = dX.reshape(Xa.shape)
         return dX, dW
 
     dW = np.empty(nnz, dtype=dtype)
-    colptr, rowidx, slot, source = _backward_plan(W)
+    colptr, rowidx, slot = _backward_plan(W)
     cdef int64_t nnz_pad = rowidx.shape[0]
     cdef int itemsize = dtype.itemsize
     cdef sp_linear_kernels K = _kernels(dtype)
-    cdef int64_t chunk = K.chunk
+    cdef int64_t chunk = K.bwd_chunk
     cdef int64_t n_chunks = (B + chunk - 1) // chunk
     cdef int T = _threads_for(n_threads, B * (nnz + M))
-    cdef int64_t Tb = min(T, n_chunks)
-    cdef int64_t Tc = max(1, min(T // Tb, (M + 15) // 16))
-    cdef int64_t tasks = Tb * Tc
-    col_bounds = _split_balanced(colptr, Tc)
-    cdef const int64_t[::1] cb = col_bounds
+    cdef int Tg = T if nnz >= _SERIAL_VALUES else 1
+    cdef int64_t tasks = T
+    cdef const int64_t[::1] bcv
+    cdef const int64_t[::1] bmv
+    if tasks > 1:
+        key = ("linear_backward_split", n_chunks, tasks)
+        split = (<_CompressedMatrix> W)._cache.get(key)
+        if split is None:
+            cost = np.asarray(colptr) + _COL_COST * np.arange(M + 1, dtype=np.int64)
+            split = _split_flat(cost, n_chunks, tasks, 1)
+            (<_CompressedMatrix> W)._cache[key] = split
+        bcv, bmv = split
 
     cdef int64_t vals_bytes = (nnz_pad * itemsize + 63) // 64 * 64
     cdef int64_t partial_bytes = vals_bytes
-    cdef int64_t per_task = (sp_linear_bwd_scratch(chunk, M, N) * itemsize + 63) // 64 * 64
-    buf = scratch(vals_bytes + Tb * partial_bytes + tasks * per_task)
-    partials = buf[vals_bytes:vals_bytes + Tb * partial_bytes]
-    data = W.data
+    cdef int64_t per_task = (sp_linear_bwd_scratch(chunk, N) * itemsize + 63) // 64 * 64
+    buf = scratch(vals_bytes + tasks * (partial_bytes + per_task))
+    cdef char* vals_p = _data(buf)
+    cdef char* pp = vals_p + vals_bytes
+    cdef char* sp = pp + tasks * partial_bytes
     cdef const int64_t* slot_p = <const int64_t*> _ptr(slot)
-    cdef const int64_t* source_p = <const int64_t*> _ptr(source)
-    cdef int Tg = T if nnz > 65536 else 1
-    cdef char* data_p = _ptr(data)
-    cdef char* vals_p = _ptr(buf)
+    cdef const char* data_p = _ptr(W.data)
     cdef char* dW_p = _ptr(dW)
-    with nogil:
-        if itemsize == 8:
-            _gather_values(<const double*> data_p, slot_p, source_p, <double*> vals_p,
-                           nnz_pad, nnz, Tg)
-        else:
-            _gather_values(<const float*> data_p, slot_p, source_p, <float*> vals_p,
-                           nnz_pad, nnz, Tg)
+    cdef int is_f64 = itemsize == 8
 
     cdef sp_linear_bwd_args base
     base.ldx = row_stride(X2)
@@ -441,32 +649,47 @@ def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None):
     cdef const char* Xp = _ptr(X2)
     cdef const char* dYp = _ptr(dY2)
     cdef char* dXp = _ptr(dX) if need_dx else NULL
-    cdef char* pp = _ptr(partials)
-    cdef char* sp = _ptr(buf) + vals_bytes + Tb * partial_bytes
     cdef sp_linear_bwd_fn fn = K.bwd
     cdef int64_t t
+    cdef int tid, nt, vp
     cdef int team[1]
     team[0] = 1
 
     with nogil:
         if tasks == 1:
-            _backward_one(fn, chunk, itemsize, Xp, dYp, dXp, B, n_chunks, 0, 1, 1,
-                          &cb[0], pp, partial_bytes, sp, &base)
+            _values_in(is_f64, data_p, slot_p, vals_p, nnz_pad, nnz, 0, 1)
+            _values_in(is_f64, data_p, slot_p, vals_p, -1, nnz, 0, 1)
+            memset(pp, 0, nnz_pad * itemsize)
+            _backward_range(fn, chunk, itemsize, Xp, dYp, dXp, B, 0, 0, n_chunks, 0,
+                            pp, sp, &base)
+            _dW_out(is_f64, pp, partial_bytes // itemsize, 1, slot_p, dW_p, nnz, 0, 1)
         else:
-            for t in prange(tasks, num_threads=tasks, schedule="static", chunksize=1):
-                if t == 0:
-                    team[0] = sp_omp_team_size()  # through memory: not lastprivate
-                _backward_one(fn, chunk, itemsize, Xp, dYp, dXp, B, n_chunks, t, Tb, Tc,
-                              &cb[0], pp, partial_bytes, sp + t * per_task, &base)
+            # one region, three phases split by barriers: the values into the
+            # padded order, each thread's share of the chunks into its own
+            # partial dW, the partials summed into dW (pieces of the values
+            # only when there are enough of them)
+            with parallel(num_threads=tasks):
+                tid = threadid()
+                nt = sp_omp_team_size()
+                if tid == 0:
+                    team[0] = nt  # through memory: not lastprivate
+                vp = nt if Tg > 1 else 1
+                if tid < vp:
+                    _values_in(is_f64, data_p, slot_p, vals_p, nnz_pad, nnz, tid, vp)
+                sp_linear_barrier()
+                if tid < vp:
+                    _values_in(is_f64, data_p, slot_p, vals_p, -1, nnz, tid, vp)
+                memset(pp + tid * partial_bytes, 0, nnz_pad * itemsize)
+                sp_linear_barrier()
+                for t in prange(tasks, schedule="static", chunksize=1):
+                    _backward_range(fn, chunk, itemsize, Xp, dYp, dXp, B, bcv[t], bmv[t],
+                                    bcv[t + 1], bmv[t + 1], pp + tid * partial_bytes,
+                                    sp + tid * per_task, &base)
+                sp_linear_barrier()
+                if tid < vp:
+                    _dW_out(is_f64, pp, partial_bytes // itemsize, nt, slot_p, dW_p, nnz,
+                            tid, vp)
     _last_team = team[0]
-
-    with nogil:
-        if itemsize == 8:
-            _reduce_partials(<const double*> pp, partial_bytes // itemsize, Tb, slot_p,
-                             source_p, <double*> dW_p, nnz, Tg)
-        else:
-            _reduce_partials(<const float*> pp, partial_bytes // itemsize, Tb, slot_p,
-                             source_p, <float*> dW_p, nnz, Tg)
     if need_dx:
         dX = dX.reshape(Xa.shape)
     return dX, dW

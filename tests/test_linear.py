@@ -107,6 +107,115 @@ def test_few_chunks_split_rows_and_columns(dtype, batch, n_threads, rng):
     check_layer(X, Wd, dY, n_threads=n_threads)
 
 
+@pytest.fixture
+def forced_blocks():
+    """Force the forward's column-block count; always reset afterwards."""
+    from sparseprop import _linear
+
+    yield _linear._force_forward_blocks
+    _linear._force_forward_blocks(0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nblk", [1, 2, 3, 5, 9])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_forward_column_blocks(dtype, nblk, n_threads, forced_blocks, rng):
+    # The forward may cut W into column blocks walked one after the other
+    # (partial sums kept between them); block edges that are not multiples of
+    # the SIMD width, empty blocks, rows without entries in a block and the
+    # CSC input path must all give the dense result.
+    forced_blocks(nblk)
+    for (n_out, n_in), batch in [((37, 100), 33), ((70, 7), 5), ((130, 161), 70),
+                                 ((16, 48), 1)]:
+        Wd = random_sparse_dense(rng, (n_out, n_in), 0.7, dtype)
+        Wd[3] = 0
+        X = rng.standard_normal((batch, n_in)).astype(dtype)
+        bias = rng.standard_normal(n_out).astype(dtype)
+        Yr = reference(X, Wd, None, bias)[0]
+        rtol, atol = tolerances(dtype, n_in)
+        for W in (sp.CSRMatrix.from_dense(Wd), sp.CSCMatrix.from_dense(Wd)):
+            Y = sp.linear_forward(X, W, bias, n_threads=n_threads)
+            np.testing.assert_allclose(Y, Yr, rtol=rtol, atol=atol)
+
+
+def test_forward_block_count_heuristic():
+    from sparseprop import _linear
+
+    # the paper's layer: blocks at 80% sparsity, none at 99% (short rows)
+    assert _linear._forward_blocks(768, 3072, 3072 * 768 // 5, 32, 4) > 1
+    assert _linear._forward_blocks(768, 3072, 3072 * 768 // 100, 32, 4) == 1
+    # never more blocks than 16-column groups, never fewer than one
+    assert _linear._forward_blocks(20, 5, 100, 32, 8) == 1
+    assert _linear._forward_blocks(0, 5, 0, 32, 4) == 1
+
+
+@pytest.mark.parametrize("parts", [2, 3, 5, 8])
+@pytest.mark.parametrize("align", [1, 16])
+def test_work_split_is_ordered_complete_and_balanced(parts, align, rng):
+    from sparseprop import _linear
+
+    for n, n_chunks in [(1, 1), (7, 3), (100, 1), (333, 4), (3072, 15)]:
+        row_cost = rng.integers(0, 50, n) + 4
+        cum = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(row_cost, out=cum[1:])
+        bc, bi = _linear._split_flat(cum, n_chunks, parts, align)
+        assert len(bc) == len(bi) == parts + 1
+        assert (bc[0], bi[0]) == (0, 0) and (bc[-1], bi[-1]) == (n_chunks, 0)
+        flat = bc * (n + 1) + bi
+        assert np.all(np.diff(flat) >= 0), "pieces must follow each other"
+        assert np.all((bi % align == 0) | (bi == n)) and np.all(bi <= n)
+        # a piece's cost: whole chunks in between plus partial ones at its ends
+        cost = (bc[1:] - bc[:-1]) * cum[-1] + cum[bi[1:]] - cum[bi[:-1]]
+        assert cost.sum() == n_chunks * cum[-1]
+        slack = (align + 1) * row_cost.max()
+        assert np.all(np.abs(cost - n_chunks * cum[-1] / parts) <= slack)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_threads", [2, 3, 5])
+def test_threads_share_chunks(dtype, n_threads, rng):
+    # Work is split in equal shares of (batch chunk, row or column): a
+    # thread's share may start or end inside a chunk, at any row (forward)
+    # or column (backward).  Batches around the chunk sizes of every ISA.
+    Wd = random_sparse_dense(rng, (211, 150), 0.6, dtype)
+    for batch in [15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 64, 65, 130]:
+        X = rng.standard_normal((batch, 150)).astype(dtype)
+        dY = rng.standard_normal((batch, 211)).astype(dtype)
+        bias = rng.standard_normal(211).astype(dtype)
+        check_layer(X, Wd, dY, bias=bias, n_threads=n_threads)
+
+
+_SMALL_TEAM_SCRIPT = """
+import numpy as np, sparseprop as sp
+from sparseprop import _linear
+rng = np.random.default_rng(5)
+for sparsity, n_in in [(0.5, 200), (0.9, 700)]:
+    Wd = rng.standard_normal((300, n_in)); Wd[rng.random(Wd.shape) < sparsity] = 0
+    X = rng.standard_normal((150, n_in)); dY = rng.standard_normal((150, 300))
+    W = sp.CSRMatrix.from_dense(Wd)
+    Y = sp.linear_forward(X, W, n_threads=4)
+    assert _linear._last_team_size() == 1, _linear._last_team_size()
+    dX, dW = sp.linear_backward(X, W, dY, n_threads=4)
+    assert _linear._last_team_size() == 1
+    rows = np.repeat(np.arange(300), np.diff(W.indptr))
+    np.testing.assert_allclose(Y, X @ Wd.T, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dX, dY @ Wd, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dW, (dY.T @ X)[rows, W.indices], rtol=1e-10, atol=1e-9)
+print("ok")
+"""
+
+
+def test_team_smaller_than_asked():
+    # OpenMP may run a region with fewer threads than asked (here: a limit
+    # of 1); the shares of the missing threads, their partial dW buffers and
+    # their pieces of the value gather/scatter must then fall to the others.
+    from helpers import run_python
+
+    proc = run_python(["-c", _SMALL_TEAM_SCRIPT], env={"OMP_THREAD_LIMIT": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("ok")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_empty_rows_and_columns(dtype, rng):
     Wd = random_sparse_dense(rng, (40, 30), 0.5, dtype)

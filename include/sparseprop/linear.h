@@ -6,20 +6,29 @@
  *     backward  dX = dY W                             (SpMM)
  *               dW = (dY^T X) at W's nonzeros only    (SDDMM)
  *
- * One call handles one *chunk* of at most `chunk` batch rows (sp_linear_info).
- * Each chunk of X and dY is transposed into a small cache-resident buffer
- * (batch last) so SIMD lanes run over the batch:
+ * One call handles one *chunk* of at most fwd_chunk / bwd_chunk batch rows
+ * (sp_linear_kernels).  Inside a call the chunk is held batch-last ("lanes":
+ * row r of a buffer is one feature, its SIMD lanes the chunk's batch rows);
+ * the transposes in and out are done SP_VL x SP_VL in registers and write
+ * whole, aligned row segments (linear_impl.h: sp_lin_to_lanes/from_lanes).
  *   - forward is output-stationary: for each output row n the chunk of Y^T[n]
- *     stays in registers across the row's nonzeros (CSR order);
+ *     stays in registers across the row's nonzeros.  W may be cut into nblk
+ *     blocks of columns, walked one after the other, so that the block of X^T
+ *     a pass reads stays in L1; Y^T partial sums wait in scratch between
+ *     passes.  Rows are finished SP_LINEAR_FWD_TILE at a time and transposed
+ *     into Y.
  *   - backward walks W by columns (a CSC copy of the structure, each column's
  *     list padded to a multiple of 8 with dummies that point at an all-zero
  *     row N of dY^T): X^T[m] and the dX^T[m] accumulator stay in registers for
  *     the whole column, and each loaded dY^T[n] feeds both the dX FMA and the
- *     dW dot product.  dW partials of 8 nonzeros are reduced together.
+ *     dW dot product; the dY^T rows of the nonzeros two groups ahead are
+ *     prefetched.  dW partials of 8 nonzeros are reduced together.  Only dY^T
+ *     (all N rows) stays resident; X^T and dX^T are transposed per block of
+ *     columns.
  * The caller (sparseprop/_linear.pyx) owns threading: tasks own disjoint
- * chunks (and, when chunks are scarce, disjoint row/column ranges) and write
- * dW into per-task partial buffers summed afterwards - no atomics, no
- * barriers inside a pass.
+ * (chunk, output row) or (chunk, input column) ranges and write dW into
+ * per-task partial buffers summed afterwards - no atomics, no barriers
+ * inside a pass.
  */
 #ifndef SPARSEPROP_LINEAR_H
 #define SPARSEPROP_LINEAR_H
@@ -39,9 +48,15 @@ typedef struct {
     int64_t M, N;           /* in_features, out_features                      */
     int64_t row_begin;      /* this task computes outputs [row_begin,row_end) */
     int64_t row_end;
-    const int64_t* indptr;  /* CSR of W: (N+1,)                               */
+    /* W's nonzeros, cut into nblk blocks of columns and stored block by
+     * block (nblk == 1: plain CSR): row n's entries of block j are
+     * [ptr[j*N + n], ptr[j*N + n + 1]), and block j holds the columns
+     * [blk_cols[j], blk_cols[j+1]) (blk_cols unused when nblk == 1). */
+    const int64_t* ptr;     /* (nblk*N + 1,)                                  */
     const int32_t* indices; /* (nnz,) column of each nonzero                  */
     const void* vals;       /* (nnz,)                                         */
+    int64_t nblk;
+    const int64_t* blk_cols;/* (nblk+1,)                                      */
     void* scratch;          /* sp_linear_fwd_scratch(...) elements, per task  */
 } sp_linear_fwd_args;
 
@@ -69,68 +84,121 @@ typedef void (*sp_linear_bwd_fn)(const sp_linear_bwd_args*);
 typedef struct {
     sp_linear_fwd_fn fwd;
     sp_linear_bwd_fn bwd;
-    int64_t chunk;  /* batch rows per call */
+    int64_t fwd_chunk; /* batch rows per forward call  */
+    int64_t bwd_chunk; /* batch rows per backward call */
 } sp_linear_kernels;
 
 /* Output rows per forward tile (transposed into Y together). */
 #define SP_LINEAR_FWD_TILE 16
 
 /* Scratch (in elements of the dtype) one task needs. */
-SP_INLINE int64_t sp_linear_fwd_scratch(int64_t chunk, int64_t M)
+SP_INLINE int64_t sp_linear_fwd_scratch(int64_t chunk, int64_t M, int64_t rows, int64_t nblk)
 {
-    return chunk * M + chunk * SP_LINEAR_FWD_TILE;
+    /* X^T (a block of it when nblk > 1), the output tile, Y^T partial sums */
+    return chunk * M + chunk * SP_LINEAR_FWD_TILE + (nblk > 1 ? chunk * rows : 0);
 }
-SP_INLINE int64_t sp_linear_bwd_scratch(int64_t chunk, int64_t M, int64_t N)
+/* Widest column block of X^T / dX^T the backward keeps (4 vectors). */
+#define SP_LINEAR_BWD_CB_MAX 64
+SP_INLINE int64_t sp_linear_bwd_scratch(int64_t chunk, int64_t N)
 {
-    return chunk * M /* X^T */ + chunk * (N + 1) /* dY^T + zero row */ + chunk * M /* dX^T */;
+    /* dY^T + its zero row, then a column block of X^T and one of dX^T */
+    return chunk * (N + 1) + 2 * SP_LINEAR_BWD_CB_MAX * chunk;
 }
 
-/* ---- instantiations: chunk = SP_CV vectors of batch lanes ---------------- */
+/* A barrier of the caller's OpenMP parallel region (an orphaned directive:
+ * the Cython driver runs several phases in one region); nothing without
+ * OpenMP. */
+SP_INLINE void sp_linear_barrier(void)
+{
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+}
+
+/* ---- instantiations ------------------------------------------------------
+ * SP_CV / SP_CVB: vectors of batch lanes per forward / backward chunk.
+ * Measured on one Zen 4 core (the paper's layer, 0.8-0.99 sparsity): the
+ * AVX-512 float32 forward was fastest with 2 vectors (32 lanes; 3 and 4 lost
+ * 5-15% once X^T outgrew L1), the backward with 4 (64 lanes; 2, 3, 5 and 6
+ * lost 3-15%).  The macros below only exist to repeat such measurements. */
+#ifndef SP_LINEAR_CV_F32_AVX512
+#define SP_LINEAR_CV_F32_AVX512 2
+#endif
+#ifndef SP_LINEAR_CVB_F32_AVX512
+#define SP_LINEAR_CVB_F32_AVX512 4
+#endif
+
 #define SP_CUR_ISA SP_ISA_SCALAR
 #define SP_CUR_F64 0
 #define SP_CV 8
+#define SP_CVB 8
 #include "sparseprop/simd_begin.h"
 #include "sparseprop/linear_impl.h"
 #include "sparseprop/simd_end.h"
 #undef SP_CV
+#undef SP_CVB
 #define SP_CUR_ISA SP_ISA_SCALAR
 #define SP_CUR_F64 1
 #define SP_CV 8
+#define SP_CVB 8
 #include "sparseprop/simd_begin.h"
 #include "sparseprop/linear_impl.h"
 #include "sparseprop/simd_end.h"
 #undef SP_CV
+#undef SP_CVB
 
 #if SP_X86
+#ifndef SP_LINEAR_CV_F32_AVX2
+#define SP_LINEAR_CV_F32_AVX2 4
+#endif
+#ifndef SP_LINEAR_CVB_F32_AVX2
+#define SP_LINEAR_CVB_F32_AVX2 2
+#endif
 #define SP_CUR_ISA SP_ISA_AVX2
 #define SP_CUR_F64 0
-#define SP_CV 2
+#define SP_CV SP_LINEAR_CV_F32_AVX2
+#define SP_CVB SP_LINEAR_CVB_F32_AVX2
 #include "sparseprop/simd_begin.h"
 #include "sparseprop/linear_impl.h"
 #include "sparseprop/simd_end.h"
 #undef SP_CV
+#undef SP_CVB
 #define SP_CUR_ISA SP_ISA_AVX2
 #define SP_CUR_F64 1
-#define SP_CV 2
+#define SP_CV 4
+#define SP_CVB 2
 #include "sparseprop/simd_begin.h"
 #include "sparseprop/linear_impl.h"
 #include "sparseprop/simd_end.h"
 #undef SP_CV
+#undef SP_CVB
 #define SP_CUR_ISA SP_ISA_AVX512
 #define SP_CUR_F64 0
-#define SP_CV 3
+#define SP_CV SP_LINEAR_CV_F32_AVX512
+#define SP_CVB SP_LINEAR_CVB_F32_AVX512
 #include "sparseprop/simd_begin.h"
 #include "sparseprop/linear_impl.h"
 #include "sparseprop/simd_end.h"
 #undef SP_CV
+#undef SP_CVB
 #define SP_CUR_ISA SP_ISA_AVX512
 #define SP_CUR_F64 1
 #define SP_CV 4
+#define SP_CVB 4
 #include "sparseprop/simd_begin.h"
 #include "sparseprop/linear_impl.h"
 #include "sparseprop/simd_end.h"
 #undef SP_CV
+#undef SP_CVB
 #endif
+
+#define SP_LINEAR_SET_(k, dt, isa)                                                  \
+    do {                                                                           \
+        (k).fwd = sp_linear_fwd_##dt##_##isa;                                      \
+        (k).bwd = sp_linear_bwd_##dt##_##isa;                                      \
+        (k).fwd_chunk = sp_linear_fwd_chunk_##dt##_##isa();                        \
+        (k).bwd_chunk = sp_linear_bwd_chunk_##dt##_##isa();                        \
+    } while (0)
 
 /* Kernels for an ISA (already capped by the caller) and dtype (0: f32). */
 SP_INLINE sp_linear_kernels sp_linear_select(int isa, int is_f64)
@@ -138,28 +206,26 @@ SP_INLINE sp_linear_kernels sp_linear_select(int isa, int is_f64)
     sp_linear_kernels k;
 #if SP_X86
     if (isa >= SP_ISA_AVX512) {
-        if (is_f64) {
-            k.fwd = sp_linear_fwd_f64_avx512; k.bwd = sp_linear_bwd_f64_avx512; k.chunk = sp_linear_chunk_f64_avx512();
-        } else {
-            k.fwd = sp_linear_fwd_f32_avx512; k.bwd = sp_linear_bwd_f32_avx512; k.chunk = sp_linear_chunk_f32_avx512();
-        }
+        if (is_f64)
+            SP_LINEAR_SET_(k, f64, avx512);
+        else
+            SP_LINEAR_SET_(k, f32, avx512);
         return k;
     }
     if (isa == SP_ISA_AVX2) {
-        if (is_f64) {
-            k.fwd = sp_linear_fwd_f64_avx2; k.bwd = sp_linear_bwd_f64_avx2; k.chunk = sp_linear_chunk_f64_avx2();
-        } else {
-            k.fwd = sp_linear_fwd_f32_avx2; k.bwd = sp_linear_bwd_f32_avx2; k.chunk = sp_linear_chunk_f32_avx2();
-        }
+        if (is_f64)
+            SP_LINEAR_SET_(k, f64, avx2);
+        else
+            SP_LINEAR_SET_(k, f32, avx2);
         return k;
     }
 #endif
-    if (is_f64) {
-        k.fwd = sp_linear_fwd_f64_scalar; k.bwd = sp_linear_bwd_f64_scalar; k.chunk = sp_linear_chunk_f64_scalar();
-    } else {
-        k.fwd = sp_linear_fwd_f32_scalar; k.bwd = sp_linear_bwd_f32_scalar; k.chunk = sp_linear_chunk_f32_scalar();
-    }
+    if (is_f64)
+        SP_LINEAR_SET_(k, f64, scalar);
+    else
+        SP_LINEAR_SET_(k, f32, scalar);
     return k;
 }
+#undef SP_LINEAR_SET_
 
 #endif /* SPARSEPROP_LINEAR_H */

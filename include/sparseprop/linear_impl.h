@@ -1,19 +1,254 @@
 /* linear_impl.h - one instantiation of the sparse linear kernels; included by
- * linear.h inside a simd_begin.h region with SP_CV (vectors per chunk) set.
+ * linear.h inside a simd_begin.h region with SP_CV (vectors of batch lanes
+ * per forward chunk) and SP_CVB (per backward chunk) set.
  * See linear.h for the algorithm and the argument structs. */
 
-#define SP_BC (SP_CV * SP_VL) /* batch rows per chunk = lanes of the chunk */
+#define SP_BC (SP_CV * SP_VL)   /* batch rows per forward chunk  */
+#define SP_BCB (SP_CVB * SP_VL) /* batch rows per backward chunk */
 
-SP_INLINE int64_t SP_FN(sp_linear_chunk)(void) { return SP_BC; }
+SP_INLINE int64_t SP_FN(sp_linear_fwd_chunk)(void) { return SP_BC; }
+SP_INLINE int64_t SP_FN(sp_linear_bwd_chunk)(void) { return SP_BCB; }
 
-/* buf (n x SP_BC): zero the lanes [rows, SP_BC) of every row. */
-SP_ALWAYS_INLINE void SP_FN(sp_lin_zero_tail)(SP_T* buf, int64_t n, int64_t rows)
+/* ---- in-register transposes of one SP_VL x SP_VL block ------------------ */
+
+#if SP_CUR_ISA == SP_ISA_AVX512 && !SP_CUR_F64
+/* 16 x 16 floats: r[i][c] -> r[c][i]. */
+SP_ALWAYS_INLINE void SP_FN(sp_lin_tr_regs)(__m512* r)
 {
-    if (rows >= SP_BC)
-        return;
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t r = rows; r < SP_BC; r++)
-            buf[i * SP_BC + r] = (SP_T)0;
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    /* r[4i+k], 128-bit lane l, holds column 4l+k of rows 4i..4i+3 */
+    for (int k = 0; k < 4; k++) {
+        const __m512 A = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88);
+        const __m512 B = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xDD);
+        const __m512 C = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88);
+        const __m512 D = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xDD);
+        t[k] = _mm512_shuffle_f32x4(A, C, 0x88);      /* column k      */
+        t[4 + k] = _mm512_shuffle_f32x4(B, D, 0x88);  /* column 4 + k  */
+        t[8 + k] = _mm512_shuffle_f32x4(A, C, 0xDD);  /* column 8 + k  */
+        t[12 + k] = _mm512_shuffle_f32x4(B, D, 0xDD); /* column 12 + k */
+    }
+    for (int i = 0; i < 16; i++)
+        r[i] = t[i];
+}
+#define SP_LIN_HAVE_TR 1
+#elif SP_CUR_ISA == SP_ISA_AVX512 && SP_CUR_F64
+/* 8 x 8 doubles. */
+SP_ALWAYS_INLINE void SP_FN(sp_lin_tr_regs)(__m512d* r)
+{
+    __m512d t[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm512_unpacklo_pd(r[2 * i], r[2 * i + 1]);     /* even columns */
+        t[2 * i + 1] = _mm512_unpackhi_pd(r[2 * i], r[2 * i + 1]); /* odd columns  */
+    }
+    for (int o = 0; o < 2; o++) {
+        const __m512d A = _mm512_shuffle_f64x2(t[o], t[2 + o], 0x88);
+        const __m512d B = _mm512_shuffle_f64x2(t[o], t[2 + o], 0xDD);
+        const __m512d C = _mm512_shuffle_f64x2(t[4 + o], t[6 + o], 0x88);
+        const __m512d D = _mm512_shuffle_f64x2(t[4 + o], t[6 + o], 0xDD);
+        r[o] = _mm512_shuffle_f64x2(A, C, 0x88);
+        r[4 + o] = _mm512_shuffle_f64x2(A, C, 0xDD);
+        r[2 + o] = _mm512_shuffle_f64x2(B, D, 0x88);
+        r[6 + o] = _mm512_shuffle_f64x2(B, D, 0xDD);
+    }
+}
+#define SP_LIN_HAVE_TR 1
+#elif SP_CUR_ISA == SP_ISA_AVX2 && !SP_CUR_F64
+/* 8 x 8 floats. */
+SP_ALWAYS_INLINE void SP_FN(sp_lin_tr_regs)(__m256* r)
+{
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) {
+        u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int k = 0; k < 4; k++) {
+        r[k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x20);
+        r[4 + k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x31);
+    }
+}
+#define SP_LIN_HAVE_TR 1
+#elif SP_CUR_ISA == SP_ISA_AVX2 && SP_CUR_F64
+/* 4 x 4 doubles. */
+SP_ALWAYS_INLINE void SP_FN(sp_lin_tr_regs)(__m256d* r)
+{
+    const __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+    const __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+    r[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+    r[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+    r[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+    r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+}
+#define SP_LIN_HAVE_TR 1
+#else
+#define SP_LIN_HAVE_TR 0
+#endif
+
+/* ---- batch-last ("lanes") layout <-> row-major -------------------------- */
+
+/* Elements before the first vector-aligned address at or after p, in
+ * [0, SP_VL) (0 when p is not even element aligned). */
+SP_ALWAYS_INLINE int64_t SP_FN(sp_lin_head)(const SP_T* p)
+{
+    const uintptr_t a = (uintptr_t)p, vb = SP_VL * sizeof(SP_T);
+    if (a % sizeof(SP_T))
+        return 0;
+    return (int64_t)(((vb - a % vb) % vb) / sizeof(SP_T));
+}
+
+/* dst[c * bc + r] = src[r * lds + c] for c < cols and r < bc = cv * SP_VL,
+ * reading only rows r < rows and writing zeros to the lanes r >= rows (so
+ * padding lanes stay finite).  Each SP_VL x SP_VL block is transposed in
+ * registers and every destination row segment is written whole. */
+SP_ALWAYS_INLINE void SP_FN(sp_lin_to_lanes)(const SP_T* SP_RESTRICT src, int64_t lds,
+                                             int64_t rows, int64_t cols,
+                                             SP_T* SP_RESTRICT dst, const int cv)
+{
+    const int64_t bc = (int64_t)cv * SP_VL;
+#if SP_LIN_HAVE_TR
+    const int64_t ch = SP_FN(sp_lin_head)(src);
+    for (int v = 0; v < cv; v++) {
+        const int64_t b0 = (int64_t)v * SP_VL;
+        const int64_t nr = SP_MIN((int64_t)SP_VL, rows - b0);
+        SP_T* d = dst + b0;
+        const SP_T* s = src + b0 * lds;
+        if (nr <= 0) {
+            for (int64_t c = 0; c < cols; c++)
+                SP_VSTORE(d + c * bc, SP_VZERO());
+        } else if (cols < SP_VL) {
+            for (int64_t c = 0; c < cols; c++)
+                for (int64_t i = 0; i < SP_VL; i++)
+                    d[c * bc + i] = i < nr ? s[i * lds + c] : (SP_T)0;
+        } else if (nr == SP_VL) {
+            for (int64_t c0 = 0;;) {
+                SP_V r[SP_VL];
+                for (int i = 0; i < SP_VL; i++)
+                    r[i] = SP_VLOAD(s + i * lds + c0);
+                SP_FN(sp_lin_tr_regs)(r);
+                for (int i = 0; i < SP_VL; i++)
+                    SP_VSTORE(d + (c0 + i) * bc, r[i]);
+                if (c0 >= cols - SP_VL)
+                    break;
+                c0 = SP_MIN(cols - SP_VL, c0 < ch ? ch : c0 + SP_VL);
+            }
+        } else {
+            for (int64_t c0 = 0;;) {
+                SP_V r[SP_VL];
+                for (int i = 0; i < SP_VL; i++)
+                    r[i] = i < nr ? SP_VLOAD(s + i * lds + c0) : SP_VZERO();
+                SP_FN(sp_lin_tr_regs)(r);
+                for (int i = 0; i < SP_VL; i++)
+                    SP_VSTORE(d + (c0 + i) * bc, r[i]);
+                if (c0 >= cols - SP_VL)
+                    break;
+                c0 = SP_MIN(cols - SP_VL, c0 < ch ? ch : c0 + SP_VL);
+            }
+        }
+    }
+#else
+    (void)cv;
+    SP_FN(sp_transpose)(src, lds, dst, bc, SP_MIN(rows, bc), cols);
+    if (rows < bc)
+        for (int64_t c = 0; c < cols; c++)
+            for (int64_t r = rows; r < bc; r++)
+                dst[c * bc + r] = (SP_T)0;
+#endif
+}
+
+/* dst[r * ldd + c] = src[c * bc + r] for r < rows (<= bc = cv * SP_VL) and
+ * c < cols.  Whole SP_VL-wide row segments are stored at once (aligned but
+ * for the first and last of a row), so each cache line of dst is completed
+ * by consecutive stores: no partial lines left to be evicted and re-read. */
+SP_ALWAYS_INLINE void SP_FN(sp_lin_from_lanes)(const SP_T* SP_RESTRICT src, int64_t rows,
+                                               int64_t cols, SP_T* SP_RESTRICT dst,
+                                               int64_t ldd, const int cv)
+{
+    const int64_t bc = (int64_t)cv * SP_VL;
+#if SP_LIN_HAVE_TR
+    const int64_t ch = SP_FN(sp_lin_head)(dst);
+    for (int v = 0; v < cv; v++) {
+        const int64_t b0 = (int64_t)v * SP_VL;
+        const int64_t nr = SP_MIN((int64_t)SP_VL, rows - b0);
+        if (nr <= 0)
+            break;
+        const SP_T* s = src + b0;
+        SP_T* d = dst + b0 * ldd;
+        if (cols < SP_VL) {
+            for (int64_t i = 0; i < nr; i++)
+                for (int64_t c = 0; c < cols; c++)
+                    d[i * ldd + c] = s[c * bc + i];
+            continue;
+        }
+        for (int64_t c0 = 0;;) {
+            SP_V r[SP_VL];
+            for (int i = 0; i < SP_VL; i++)
+                r[i] = SP_VLOAD(s + (c0 + i) * bc);
+            SP_FN(sp_lin_tr_regs)(r);
+            for (int64_t i = 0; i < nr; i++)
+                SP_VSTORE(d + i * ldd + c0, r[i]);
+            if (c0 >= cols - SP_VL)
+                break;
+            c0 = SP_MIN(cols - SP_VL, c0 < ch ? ch : c0 + SP_VL);
+        }
+    }
+#else
+    (void)cv;
+    SP_FN(sp_transpose)(src, bc, dst, ldd, cols, rows);
+#endif
+}
+
+/* ---- forward ------------------------------------------------------------- */
+
+/* Independent accumulator sets: enough FMA chains in flight to hide the FMA
+ * latency when SP_CV is small. */
+#define SP_LIN_FSETS (SP_CV >= 3 ? 2 : 4 / SP_CV)
+
+/* acc[k] += sum over p in [p, pe) of vals[p] * XT[indices[p]][k] */
+SP_ALWAYS_INLINE void SP_FN(sp_lin_fwd_seg)(SP_V* SP_RESTRICT acc, const SP_T* SP_RESTRICT XT,
+                                            const int32_t* SP_RESTRICT indices,
+                                            const SP_T* SP_RESTRICT vals, int64_t p,
+                                            const int64_t pe)
+{
+    SP_V part[SP_LIN_FSETS - 1][SP_CV];
+    for (int u = 0; u < SP_LIN_FSETS - 1; u++)
+        for (int k = 0; k < SP_CV; k++)
+            part[u][k] = SP_VZERO();
+    for (; p + SP_LIN_FSETS <= pe; p += SP_LIN_FSETS) {
+        for (int u = 0; u < SP_LIN_FSETS; u++) {
+            const SP_T* x = XT + (int64_t)indices[p + u] * SP_BC;
+            const SP_V w = SP_VSET1(vals[p + u]);
+            for (int k = 0; k < SP_CV; k++) {
+                if (u == 0)
+                    acc[k] = SP_VFMA(w, SP_VLOAD(x + k * SP_VL), acc[k]);
+                else
+                    part[u - 1][k] = SP_VFMA(w, SP_VLOAD(x + k * SP_VL), part[u - 1][k]);
+            }
+        }
+    }
+    for (; p < pe; p++) {
+        const SP_T* x = XT + (int64_t)indices[p] * SP_BC;
+        const SP_V w = SP_VSET1(vals[p]);
+        for (int k = 0; k < SP_CV; k++)
+            acc[k] = SP_VFMA(w, SP_VLOAD(x + k * SP_VL), acc[k]);
+    }
+    for (int u = 0; u < SP_LIN_FSETS - 1; u++)
+        for (int k = 0; k < SP_CV; k++)
+            acc[k] = SP_VADD(acc[k], part[u][k]);
 }
 
 static void SP_FN(sp_linear_fwd)(const sp_linear_fwd_args* a)
@@ -22,70 +257,81 @@ static void SP_FN(sp_linear_fwd)(const sp_linear_fwd_args* a)
     SP_T* SP_RESTRICT Y = (SP_T*)a->Y;
     const SP_T* SP_RESTRICT vals = (const SP_T*)a->vals;
     const SP_T* SP_RESTRICT bias = (const SP_T*)a->bias;
-    const int64_t* SP_RESTRICT indptr = a->indptr;
     const int32_t* SP_RESTRICT indices = a->indices;
-    const int64_t rows = a->rows, M = a->M;
-    SP_T* SP_RESTRICT XT = (SP_T*)a->scratch;        /* M x SP_BC              */
-    SP_T* SP_RESTRICT tile = XT + M * SP_BC;         /* FWD_TILE x SP_BC       */
+    const int64_t rows = a->rows, M = a->M, N = a->N, nblk = a->nblk;
+    const int64_t rb = a->row_begin, re = a->row_end;
+    SP_T* SP_RESTRICT XT = (SP_T*)a->scratch;                 /* M x SP_BC    */
+    SP_T* SP_RESTRICT tile = XT + M * SP_BC;                  /* TILE x SP_BC */
+    SP_T* SP_RESTRICT YT = tile + SP_LINEAR_FWD_TILE * SP_BC; /* rows of Y^T  */
 
-    /* X chunk -> X^T (batch last), padding lanes zeroed so they stay finite */
-    SP_FN(sp_transpose)(X, a->ldx, XT, SP_BC, rows, M);
-    SP_FN(sp_lin_zero_tail)(XT, M, rows);
+    for (int64_t j = 0; j < nblk; j++) {
+        const int64_t c0 = nblk > 1 ? a->blk_cols[j] : 0;
+        const int64_t c1 = nblk > 1 ? a->blk_cols[j + 1] : M;
+        /* row n's entries of this block: [beg[n], beg[n + 1]) */
+        const int64_t* SP_RESTRICT beg = a->ptr + j * N;
+        const int first = j == 0, last = j == nblk - 1;
+        /* X chunk's columns [c0, c1) -> X^T block; XTb is indexed by the
+         * global column */
+        SP_FN(sp_lin_to_lanes)(X + c0, a->ldx, rows, c1 - c0, XT, SP_CV);
+        const SP_T* XTb = XT - c0 * SP_BC;
 
-    for (int64_t n0 = a->row_begin; n0 < a->row_end; n0 += SP_LINEAR_FWD_TILE) {
-        const int64_t nb = SP_MIN((int64_t)SP_LINEAR_FWD_TILE, a->row_end - n0);
-        for (int64_t j = 0; j < nb; j++) {
-            const int64_t n = n0 + j;
-            /* two accumulator sets hide FMA latency when SP_CV is small */
-            SP_V acc0[SP_CV], acc1[SP_CV];
-            const SP_V init = bias ? SP_VSET1(bias[n]) : SP_VZERO();
-            for (int k = 0; k < SP_CV; k++) {
-                acc0[k] = init;
-                acc1[k] = SP_VZERO();
-            }
-            int64_t p = indptr[n];
-            const int64_t pe = indptr[n + 1];
-            for (; p + 1 < pe; p += 2) {
-                const SP_T* x0 = XT + (int64_t)indices[p] * SP_BC;
-                const SP_T* x1 = XT + (int64_t)indices[p + 1] * SP_BC;
-                const SP_V w0 = SP_VSET1(vals[p]);
-                const SP_V w1 = SP_VSET1(vals[p + 1]);
-                for (int k = 0; k < SP_CV; k++) {
-                    acc0[k] = SP_VFMA(w0, SP_VLOAD(x0 + k * SP_VL), acc0[k]);
-                    acc1[k] = SP_VFMA(w1, SP_VLOAD(x1 + k * SP_VL), acc1[k]);
+        for (int64_t n0 = rb; n0 < re; n0 += SP_LINEAR_FWD_TILE) {
+            const int64_t nb = SP_MIN((int64_t)SP_LINEAR_FWD_TILE, re - n0);
+            for (int64_t i = 0; i < nb; i++) {
+                const int64_t n = n0 + i;
+                SP_T* yt = YT + (n - rb) * SP_BC;
+                SP_V acc[SP_CV];
+                if (first) {
+                    const SP_V init = bias ? SP_VSET1(bias[n]) : SP_VZERO();
+                    for (int k = 0; k < SP_CV; k++)
+                        acc[k] = init;
+                } else {
+                    for (int k = 0; k < SP_CV; k++)
+                        acc[k] = SP_VLOAD(yt + k * SP_VL);
                 }
-            }
-            if (p < pe) {
-                const SP_T* x0 = XT + (int64_t)indices[p] * SP_BC;
-                const SP_V w0 = SP_VSET1(vals[p]);
+                SP_FN(sp_lin_fwd_seg)(acc, XTb, indices, vals, beg[n], beg[n + 1]);
+                SP_T* dst = last ? tile + i * SP_BC : yt;
                 for (int k = 0; k < SP_CV; k++)
-                    acc0[k] = SP_VFMA(w0, SP_VLOAD(x0 + k * SP_VL), acc0[k]);
+                    SP_VSTORE(dst + k * SP_VL, acc[k]);
             }
-            for (int k = 0; k < SP_CV; k++)
-                SP_VSTORE(tile + j * SP_BC + k * SP_VL, SP_VADD(acc0[k], acc1[k]));
+            if (last) /* tile (nb x lanes) -> Y[0:rows, n0:n0+nb] */
+                SP_FN(sp_lin_from_lanes)(tile, rows, nb, Y + n0, a->ldy, SP_CV);
         }
-        /* tile (nb x lanes) -> Y[0:rows, n0:n0+nb] */
-        SP_FN(sp_transpose)(tile, SP_BC, Y + n0, a->ldy, nb, rows);
     }
 }
 
-/* The column loop of the backward pass; with_dx is a literal at each call so
+/* ---- backward ------------------------------------------------------------ */
+
+/* Accumulator sets of dX^T: two when a column's FMA chains are too few to
+ * hide the FMA latency. */
+#define SP_LIN_DXSETS (SP_CVB >= 3 ? 1 : 2)
+
+/* Nonzeros ahead whose dY^T rows the backward prefetches into L1 (0: no
+ * prefetch; overridable to repeat the measurement). */
+#ifdef SP_LINEAR_BWD_PREFETCH
+#define SP_LIN_BWD_PF SP_LINEAR_BWD_PREFETCH
+#else
+#define SP_LIN_BWD_PF 16
+#endif
+
+/* The columns [m0, m1) of the backward pass, X^T and dX^T of those columns
+ * at XT[(m - m0) * SP_BCB], dXT[...]; with_dx is a literal at each call so
  * the compiler emits a dX-free copy for need_input_grad=False. */
-SP_ALWAYS_INLINE void SP_FN(sp_lin_bwd_columns)(const sp_linear_bwd_args* a,
-                                                const SP_T* SP_RESTRICT XT,
+SP_ALWAYS_INLINE void SP_FN(sp_lin_bwd_columns)(const sp_linear_bwd_args* a, int64_t m0,
+                                                int64_t m1, const SP_T* SP_RESTRICT XT,
                                                 const SP_T* SP_RESTRICT dYT,
-                                                SP_T* SP_RESTRICT dXT,
-                                                const int with_dx)
+                                                SP_T* SP_RESTRICT dXT, const int with_dx)
 {
     const int64_t* SP_RESTRICT colptr = a->colptr;
     const int32_t* SP_RESTRICT rowidx = a->rowidx;
     const SP_T* SP_RESTRICT vals = (const SP_T*)a->vals;
     SP_T* SP_RESTRICT dW = (SP_T*)a->dW;
+    const int64_t qlim = colptr[m1];
 
-    for (int64_t m = a->col_begin; m < a->col_end; m++) {
-        const SP_T* xrow = XT + (m - a->col_begin) * SP_BC;
-        SP_V xt[SP_CV], dxa[SP_CV], dxb[SP_CV];
-        for (int k = 0; k < SP_CV; k++) {
+    for (int64_t m = m0; m < m1; m++) {
+        const SP_T* xrow = XT + (m - m0) * SP_BCB;
+        SP_V xt[SP_CVB], dxa[SP_CVB], dxb[SP_CVB];
+        for (int k = 0; k < SP_CVB; k++) {
             xt[k] = SP_VLOAD(xrow + k * SP_VL);
             dxa[k] = SP_VZERO();
             dxb[k] = SP_VZERO();
@@ -93,22 +339,30 @@ SP_ALWAYS_INLINE void SP_FN(sp_lin_bwd_columns)(const sp_linear_bwd_args* a,
         const int64_t qe = colptr[m + 1];
         for (int64_t q = colptr[m]; q < qe; q += SP_LINEAR_PAD) {
             SP_V prod[8];
+            /* the dY^T rows of two groups ahead: the loads are scattered
+             * over L2 and their latency, not its bandwidth, limits */
+            if (SP_LIN_BWD_PF > 0 && q + SP_LIN_BWD_PF + 8 <= qlim)
+                for (int g = 0; g < 8; g++) {
+                    const char* pf = (const char*)(dYT + (int64_t)rowidx[q + SP_LIN_BWD_PF + g] * SP_BCB);
+                    for (int o = 0; o < SP_BCB * (int)sizeof(SP_T); o += 64)
+                        __builtin_prefetch(pf + o);
+                }
             for (int g = 0; g < 8; g++) {
-                const SP_T* dy = dYT + (int64_t)rowidx[q + g] * SP_BC;
+                const SP_T* dy = dYT + (int64_t)rowidx[q + g] * SP_BCB;
                 const SP_V w = SP_VSET1(vals[q + g]);
                 SP_V d = SP_VLOAD(dy);
                 prod[g] = SP_VMUL(d, xt[0]);
                 if (with_dx) {
-                    if (g & 1)
+                    if (SP_LIN_DXSETS == 2 && (g & 1))
                         dxb[0] = SP_VFMA(w, d, dxb[0]);
                     else
                         dxa[0] = SP_VFMA(w, d, dxa[0]);
                 }
-                for (int k = 1; k < SP_CV; k++) {
+                for (int k = 1; k < SP_CVB; k++) {
                     d = SP_VLOAD(dy + k * SP_VL);
                     prod[g] = SP_VFMA(d, xt[k], prod[g]);
                     if (with_dx) {
-                        if (g & 1)
+                        if (SP_LIN_DXSETS == 2 && (g & 1))
                             dxb[k] = SP_VFMA(w, d, dxb[k]);
                         else
                             dxa[k] = SP_VFMA(w, d, dxa[k]);
@@ -118,32 +372,43 @@ SP_ALWAYS_INLINE void SP_FN(sp_lin_bwd_columns)(const sp_linear_bwd_args* a,
             SP_FN(sp_reduce8_add)(prod, dW + q);
         }
         if (with_dx)
-            for (int k = 0; k < SP_CV; k++)
-                SP_VSTORE(dXT + (m - a->col_begin) * SP_BC + k * SP_VL, SP_VADD(dxa[k], dxb[k]));
+            for (int k = 0; k < SP_CVB; k++)
+                SP_VSTORE(dXT + (m - m0) * SP_BCB + k * SP_VL, SP_VADD(dxa[k], dxb[k]));
     }
 }
+
+/* Columns per block of X^T / dX^T kept in L1 while the block is walked. */
+#define SP_LIN_BWD_CB (4 * SP_VL)
 
 static void SP_FN(sp_linear_bwd)(const sp_linear_bwd_args* a)
 {
     const int64_t rows = a->rows, N = a->N;
-    const int64_t ncols = a->col_end - a->col_begin;
-    SP_T* SP_RESTRICT XT = (SP_T*)a->scratch;      /* ncols x SP_BC           */
-    SP_T* SP_RESTRICT dYT = XT + a->M * SP_BC;     /* (N + 1) x SP_BC         */
-    SP_T* SP_RESTRICT dXT = dYT + (N + 1) * SP_BC; /* ncols x SP_BC           */
+    SP_T* SP_RESTRICT dYT = (SP_T*)a->scratch;            /* (N + 1) x SP_BCB */
+    SP_T* SP_RESTRICT XT = dYT + (N + 1) * SP_BCB;        /* CB x SP_BCB      */
+    SP_T* SP_RESTRICT dXT = XT + SP_LIN_BWD_CB * SP_BCB;  /* CB x SP_BCB      */
+    const SP_T* X = (const SP_T*)a->X;
+    SP_T* dX = (SP_T*)a->dX;
 
-    SP_FN(sp_transpose)((const SP_T*)a->X + a->col_begin, a->ldx, XT, SP_BC, rows, ncols);
-    SP_FN(sp_lin_zero_tail)(XT, ncols, rows);
-    SP_FN(sp_transpose)((const SP_T*)a->dY, a->lddy, dYT, SP_BC, rows, N);
-    SP_FN(sp_lin_zero_tail)(dYT, N, rows);
-    for (int64_t r = 0; r < SP_BC; r++) /* row N: target of the padding dummies */
-        dYT[N * SP_BC + r] = (SP_T)0;
+    SP_FN(sp_lin_to_lanes)((const SP_T*)a->dY, a->lddy, rows, N, dYT, SP_CVB);
+    for (int64_t r = 0; r < SP_BCB; r++) /* row N: target of the padding dummies */
+        dYT[N * SP_BCB + r] = (SP_T)0;
 
-    if (a->dX) {
-        SP_FN(sp_lin_bwd_columns)(a, XT, dYT, dXT, 1);
-        SP_FN(sp_transpose)(dXT, SP_BC, (SP_T*)a->dX + a->col_begin, a->lddx, ncols, rows);
-    } else {
-        SP_FN(sp_lin_bwd_columns)(a, XT, dYT, dXT, 0);
+    for (int64_t m0 = a->col_begin; m0 < a->col_end; m0 += SP_LIN_BWD_CB) {
+        const int64_t m1 = SP_MIN(a->col_end, m0 + SP_LIN_BWD_CB);
+        SP_FN(sp_lin_to_lanes)(X + m0, a->ldx, rows, m1 - m0, XT, SP_CVB);
+        if (dX) {
+            SP_FN(sp_lin_bwd_columns)(a, m0, m1, XT, dYT, dXT, 1);
+            SP_FN(sp_lin_from_lanes)(dXT, rows, m1 - m0, dX + m0, a->lddx, SP_CVB);
+        } else {
+            SP_FN(sp_lin_bwd_columns)(a, m0, m1, XT, dYT, dXT, 0);
+        }
     }
 }
 
+#undef SP_LIN_BWD_CB
+#undef SP_LIN_BWD_PF
+#undef SP_LIN_DXSETS
+#undef SP_LIN_HAVE_TR
+#undef SP_LIN_FSETS
 #undef SP_BC
+#undef SP_BCB
