@@ -7,11 +7,15 @@ What it shows
     the SparseProp paper - plus the peak memory of each step.
 
     * ResNet18 / ResNet50 (examples/models.py), 224x224 inputs, SGD with
-      momentum.  ResNet18: all 3x3 convs except the stem pruned uniformly;
-      ResNet50: the 1x1 and 3x3 convs inside the residual blocks (conv1-3
-      and the 1x1 downsample of each Bottleneck); the stem and fc stay dense.
+      momentum (torch's fused CPU implementation, for both models;
+      ``--optimizer-impl default`` for torch's per-parameter loop).
+      ResNet18: all 3x3 convs except the stem pruned uniformly; ResNet50:
+      the 1x1 and 3x3 convs inside the residual blocks (conv1-3 and the 1x1
+      downsample of each Bottleneck); the stem and fc stay dense.
     * BERT-base (``transformers.BertForSequenceClassification(BertConfig())``,
-      random init, offline), sequences of 128 tokens, AdamW; the encoder's
+      random init, offline), sequences of 128 tokens, AdamW (fused, as
+      above: the loop version spends ~0.5 s per step on BERT-base's 110M
+      parameters, ~0.3 s on the sparse model's embeddings); the encoder's
       Linear layers (Q, K, V, attention output, intermediate, output) pruned
       uniformly; embeddings, pooler and classifier stay dense.
 
@@ -23,7 +27,11 @@ What it shows
     step interleaved (so both see the same machine load); each figure is the
     median over the timed steps.  Peak memory: each model's step runs once
     more in a fresh subprocess; the resident-set high-water mark (Linux
-    VmHWM, reset after setup and one warm-up step) is the step's peak.
+    VmHWM, reset after setup and one warm-up step) is the step's peak - with
+    glibc's malloc told to return freed memory at once (fixed 128 KiB mmap
+    and trim thresholds), so that it follows live memory rather than the
+    allocator's caching (without that, the figure varies by +-100 MB from
+    run to run for the same model).
 
     Default: the issue's targets - ResNet18 95% batch 32, ResNet50 97%
     batch 16, BERT-base 90% and 97% batch 4x128 - at torch's thread count.
@@ -72,8 +80,15 @@ REFERENCE = {("resnet18", 32, 0.95): "1.65-1.88x", ("resnet50", 16, 0.97): "1.90
 
 # ---------------------------------------------------------------- models and data
 
-def build(model_name, *, image_size=224, seq_len=128, bert_layers=12, seed=0):
-    """(model, make_batch(batch, generator), optimizer factory, names of the layers to prune)."""
+def build(model_name, *, image_size=224, seq_len=128, bert_layers=12, seed=0,
+          optimizer_impl="fused"):
+    """(model, make_batch, make_optimizer, loss_fn, names of the layers to prune).
+
+    ``optimizer_impl``: "fused" (one fused kernel per step: torch's fastest CPU
+    implementation), "foreach" or "default" (torch's per-parameter loop, its
+    default on CPU).  Dense and sparse models always use the same one.
+    """
+    opt_kw = {} if optimizer_impl == "default" else {optimizer_impl: True}
     torch.manual_seed(seed)
     if model_name in ("resnet18", "resnet50"):
         model = (resnet18 if model_name == "resnet18" else resnet50)(num_classes=1000)
@@ -90,7 +105,7 @@ def build(model_name, *, image_size=224, seq_len=128, bert_layers=12, seed=0):
             return (x,), y
 
         def make_opt(params):
-            return torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
+            return torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4, **opt_kw)
 
         def loss_fn(model, inputs, y):
             return F.cross_entropy(model(*inputs), y)
@@ -113,7 +128,7 @@ def build(model_name, *, image_size=224, seq_len=128, bert_layers=12, seed=0):
             return (ids, mask), y
 
         def make_opt(params):
-            return torch.optim.AdamW(params, lr=2e-5, weight_decay=0.01)
+            return torch.optim.AdamW(params, lr=2e-5, weight_decay=0.01, **opt_kw)
 
         def loss_fn(model, inputs, y):
             ids, mask = inputs
@@ -140,7 +155,7 @@ def make_sparse(model, names, sparsity, example, autotune):
     # only the pruned layers are sparse enough to be candidates (the others
     # have no zeros); sparsify times each one and keeps the faster version
     sparse, report = spt.sparsify(sparse, example, min_sparsity=0.5, autotune=autotune,
-                                  inplace=True)
+                                  inplace=True, repeats=3, warmup=1)
     unexpected = set(report.converted) - set(names)
     if unexpected:
         raise RuntimeError(f"layers that were not pruned became sparse: {sorted(unexpected)}")
@@ -163,10 +178,11 @@ def timed_step(model, opt, loss_fn, inputs, y):
 
 
 def measure(model_name, batch, sparsities, *, steps, warmup, autotune, image_size, seq_len,
-            bert_layers, seed=0, log=print):
+            bert_layers, seed=0, optimizer_impl="fused", log=print):
     """Interleaved step times of the dense model and one sparse model per sparsity."""
     dense, make_batch, make_opt, loss_fn, names = build(
-        model_name, image_size=image_size, seq_len=seq_len, bert_layers=bert_layers, seed=seed)
+        model_name, image_size=image_size, seq_len=seq_len, bert_layers=bert_layers, seed=seed,
+        optimizer_impl=optimizer_impl)
     gen = torch.Generator().manual_seed(seed)
     batches = [make_batch(batch, gen) for _ in range(2)]
     example = batches[0][0] if model_name != "bert" else {
@@ -218,7 +234,7 @@ def memory_child(args):
     torch.set_num_threads(args.threads_one)
     dense, make_batch, make_opt, loss_fn, names = build(
         args.models[0], image_size=args.image_size, seq_len=args.seq_len,
-        bert_layers=args.bert_layers, seed=args.seed)
+        bert_layers=args.bert_layers, seed=args.seed, optimizer_impl=args.optimizer_impl)
     gen = torch.Generator().manual_seed(args.seed)
     inputs, y = make_batch(args.batch[0], gen)
     model = dense
@@ -257,8 +273,12 @@ def peak_memory(args, model_name, batch, variant, threads, converted):
            "--models", model_name, "--batch", str(batch), "--threads", str(threads),
            "--image-size", str(args.image_size), "--seq-len", str(args.seq_len),
            "--bert-layers", str(args.bert_layers), "--seed", str(args.seed),
+           "--optimizer-impl", args.optimizer_impl,
            "--memory-layers", ",".join(converted)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # glibc's malloc returns freed memory at once (a fixed 128 KiB mmap threshold),
+    # so the high-water mark follows live memory, not the allocator's caching
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"memory measurement failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -267,14 +287,20 @@ def peak_memory(args, model_name, batch, variant, threads, converted):
 # ---------------------------------------------------------------- profile
 
 CATEGORIES = [
-    ("sparseprop kernels", ("sparseprop::",)),
-    ("dense conv/linear", ("aten::convolution", "aten::_convolution", "aten::mkldnn_convolution",
-                           "aten::convolution_backward", "aten::addmm", "aten::mm",
-                           "aten::linear", "aten::matmul", "aten::bmm", "aten::baddbmm")),
+    # the forward kernel's time shows as the self time of the op's autograd
+    # node (GeneratedBackwardFor_sparseprop_...), the backward's as sparseprop::*_backward
+    ("sparseprop kernels", ("sparseprop::", "sparseprop_")),
+    ("dense conv/linear/matmul", ("aten::convolution", "aten::_convolution",
+                                  "aten::mkldnn_convolution", "aten::convolution_backward",
+                                  "aten::addmm", "aten::mm", "aten::linear", "aten::matmul",
+                                  "aten::bmm", "aten::baddbmm")),
     ("batchnorm/layernorm", ("batch_norm", "layer_norm")),
-    ("relu/gelu/softmax/dropout", ("relu", "gelu", "softmax", "dropout", "threshold")),
+    ("relu/gelu/softmax", ("relu", "gelu", "softmax", "threshold")),
+    ("dropout (RNG + mask)", ("dropout", "bernoulli")),
     ("pooling", ("pool",)),
-    ("optimizer", ("Optimizer.step", "_foreach", "aten::lerp", "aten::addcmul", "aten::addcdiv")),
+    ("embedding", ("embedding",)),
+    ("optimizer", ("Optimizer.step", "_foreach", "_fused", "aten::lerp", "aten::addcmul",
+                   "aten::addcdiv", "aten::sqrt")),
 ]
 
 
@@ -300,7 +326,7 @@ def profile_step(model, opt, loss_fn, inputs, y):
 def run_profile(model_name, batch, sparsity, args, log):
     dense, make_batch, make_opt, loss_fn, names = build(
         model_name, image_size=args.image_size, seq_len=args.seq_len,
-        bert_layers=args.bert_layers, seed=args.seed)
+        bert_layers=args.bert_layers, seed=args.seed, optimizer_impl=args.optimizer_impl)
     gen = torch.Generator().manual_seed(args.seed)
     inputs, y = make_batch(batch, gen)
     example = inputs if model_name != "bert" else {"input_ids": inputs[0],
@@ -363,6 +389,9 @@ def main(argv=None):
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--bert-layers", type=int, default=12)
+    p.add_argument("--optimizer-impl", default="fused", choices=["fused", "foreach", "default"],
+                   help="torch optimizer implementation for both models (default fused: "
+                        "torch's fastest on CPU; 'default' is torch's per-parameter loop)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write all results to this JSON file")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
@@ -388,7 +417,8 @@ def main(argv=None):
             med, reports, names = measure(
                 model_name, batch, sparsities, steps=args.steps, warmup=args.warmup,
                 autotune=not args.no_autotune, image_size=args.image_size,
-                seq_len=args.seq_len, bert_layers=args.bert_layers, seed=args.seed)
+                seq_len=args.seq_len, bert_layers=args.bert_layers, seed=args.seed,
+                optimizer_impl=args.optimizer_impl)
             mem = {}
             if not args.no_memory:
                 mem["dense"] = peak_memory(args, model_name, batch, "dense", T, [])
@@ -400,6 +430,8 @@ def main(argv=None):
                 row = {
                     "model": model_name, "batch": batch, "threads": T, "sparsity": s,
                     "isa": cfg["isa"], "image_size": args.image_size, "seq_len": args.seq_len,
+                    "optimizer": f"{'AdamW' if model_name == 'bert' else 'SGD'} "
+                                 f"({args.optimizer_impl})",
                     "pruned_layers": len(names), "sparse_layers": len(reports[s].converted),
                     "dense_fwd_s": d[0], "dense_bwd_s": d[1], "dense_opt_s": d[2],
                     "dense_step_s": d[3], "sparse_fwd_s": sp_[0], "sparse_bwd_s": sp_[1],
