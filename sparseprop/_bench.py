@@ -240,6 +240,9 @@ def main(args):
     for s in sparsities:
         if not 0.0 <= s < 1.0:
             raise SystemExit(f"--sparsities must be in [0, 1); got {s}")
+    if args.rounds < 1 or any(t < 1 for t in threads if t is not None):
+        raise SystemExit(f"--rounds and --threads must be positive; got {args.rounds} and "
+                         f"{threads}")
     info = machine_info()
     print(f"# sparseprop {info['sparseprop']} layer benchmark - {info['cpu']}, "
           f"{info['cores']} cores, ISA {info['isa']}, torch {info.get('torch')}, "

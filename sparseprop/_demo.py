@@ -174,8 +174,11 @@ def run_demo(*, threads=None, sparsity=0.9, epochs=4, dense_epochs=1, prune_epoc
         raise ValueError("need dense_epochs >= 1, prune_epochs >= 1 and epochs >= "
                          f"dense_epochs + prune_epochs + 1; got {dense_epochs}, "
                          f"{prune_epochs}, {epochs}")
+    for name, value in (("threads", threads), ("batch_size", batch_size), ("width", width)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer; got {value!r}")
     if threads is not None:
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(threads)
     threads = torch.get_num_threads()
     torch.manual_seed(seed)
 
@@ -245,7 +248,7 @@ def run_demo(*, threads=None, sparsity=0.9, epochs=4, dense_epochs=1, prune_epoc
             old_modules = {n: model.get_submodule(n) for n in names}
             t0 = time.perf_counter()
             model, report = spt.sparsify(model, x_train[:batch_size], min_sparsity=0.5,
-                                         autotune=autotune, inplace=True)
+                                         autotune=autotune, inplace=True, repeats=3, warmup=1)
             _swap_optimizer_params(opt, old_modules, model, report.converted)
             log(f"\nsparsify ({time.perf_counter() - t0:.1f} s):")
             log(str(report))

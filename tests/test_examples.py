@@ -84,11 +84,57 @@ def test_demo_trains_a_really_sparse_model():
         torch.testing.assert_close(model(x), spt.densify(model)(x), rtol=1e-4, atol=1e-4)
 
 
+def test_demo_conversion_keeps_the_optimizer_state():
+    # after sparsify(inplace=True) the optimizer trains the new values, and their
+    # momentum is the old weight's momentum at the kept positions
+    import sparseprop.torch as spt
+    from sparseprop import _demo
+
+    torch.manual_seed(0)
+    model = _demo.DigitCNN(4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    pruner = spt.GradualMagnitudePruner(model, 0.9, end_step=0, convert_at=None, optimizer=opt)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    pruner.step()
+    old = {n: model.get_submodule(n) for n in pruner.layer_names}
+    momentum = {n: opt.state[m.weight_orig]["momentum_buffer"].clone() for n, m in old.items()}
+    model, report = spt.sparsify(model, x, min_sparsity=0.5, autotune=False, inplace=True)
+    _demo._swap_optimizer_params(opt, old, model, report.converted)
+    params = {id(p) for g in opt.param_groups for p in g["params"]}
+    for n in report.converted:
+        new = model.get_submodule(n)
+        assert id(new.values) in params and id(old[n].weight_orig) not in params
+        torch.testing.assert_close(opt.state[new.values]["momentum_buffer"],
+                                   momentum[n].reshape(-1)[new.flat_positions()])
+    assert len(report.converted) == 4
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()  # shapes line up
+
+
 def test_demo_rejects_a_schedule_without_a_sparse_phase():
     from sparseprop import _demo
 
     with pytest.raises(ValueError, match="epochs >= dense_epochs \\+ prune_epochs \\+ 1"):
         _demo.run_demo(epochs=2, plot=None, log=lambda s: None)
+
+
+@pytest.mark.parametrize("bad", [{"threads": 0}, {"batch_size": -1}, {"width": 2.5},
+                                 {"sparsity": 1.0}])
+def test_demo_rejects_bad_settings(bad):
+    from sparseprop import _demo
+
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        _demo.run_demo(**bad, plot=None, log=lambda s: None)
+
+
+def test_bench_cli_rejects_bad_settings(tmp_path):
+    proc = run_python(["-m", "sparseprop", "bench", "--sparsities", "1.0"])
+    assert proc.returncode != 0 and "--sparsities must be in [0, 1); got 1.0" in proc.stderr
+    proc = run_python(["-m", "sparseprop", "bench", "--rounds", "0"])
+    assert proc.returncode != 0 and "--rounds and --threads must be positive" in proc.stderr
 
 
 def test_bench_cli(tmp_path):
