@@ -81,8 +81,13 @@ def _read(name):
 # ---------------------------------------------------------------- plots and tables
 
 def _machine_line(info):
+    load = info.get("loadavg_1min")
+    load = "?" if load is None else f"{load:.1f}"
+    end = info.get("loadavg_1min_end")
+    if end is not None:
+        load += f"-{end:.1f}"
     return (f"{info['cpu']}, {info['cores']} cores, ISA {info['isa']}, torch {info.get('torch')},"
-            f" load {info.get('loadavg_1min')}")
+            f" 1-min load {load}")
 
 
 def plot_sweep(rows, title, path, label_of=lambda r: "sparseprop"):
@@ -156,11 +161,29 @@ def e2e_markdown(e2e):
     sys.path.insert(0, str(ROOT / "examples"))
     import paper_speed
 
-    head = (f"End-to-end training step, {e2e.get('cores')} cores, ISA {e2e.get('isa')}, "
-            f"torch {e2e.get('torch')}; speedup = dense step time / sparse step time "
-            "(medians of interleaved steps, same run); peak = resident-set high-water "
-            "mark of one step in a fresh process.\n\n")
-    return head + paper_speed.markdown_table(e2e["rows"]) + "\n"
+    load = ""
+    if e2e.get("loadavg_1min_start") is not None:
+        load = f", 1-min load {e2e['loadavg_1min_start']:.1f}-{e2e['loadavg_1min_end']:.1f}"
+    head = (f"End-to-end training step, {e2e.get('cpu', 'CPU')}, {e2e.get('cores')} cores, "
+            f"ISA {e2e.get('isa')}, torch {e2e.get('torch')}{load}; speedup = dense step "
+            "time / sparse step time (medians of interleaved steps, same run); peak = "
+            "resident-set high-water mark of one step in a fresh process.\n\n")
+    out = head + paper_speed.markdown_table(e2e["rows"]) + "\n"
+    prof = [r for r in e2e["rows"] if r.get("profile_ms")]
+    if prof:
+        cats = [c for c, _ in paper_speed.CATEGORIES] + ["other"]
+        out += ("\nWhere one training step's time goes (torch.profiler, self CPU time of one "
+                "profiled step in ms; sparse step, with the dense step's total for "
+                "comparison):\n\n")
+        out += "| model | threads | sparsity | " + " | ".join(cats) + " | total | dense total |\n"
+        out += "|" + "---|" * (len(cats) + 5) + "\n"
+        for r in prof:
+            sparse = {k: v for k, v in r["profile_ms"].items() if k != "dense"}
+            (label, sp), dense = next(iter(sparse.items())), r["profile_ms"]["dense"]
+            out += (f"| {r['model']} | {r['threads']} | {label} | "
+                    + " | ".join(f"{sp.get(c, 0.0):.0f}" for c in cats)
+                    + f" | {sum(sp.values()):.0f} | {sum(dense.values()):.0f} |\n")
+    return out
 
 
 def make_plots():

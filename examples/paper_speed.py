@@ -403,6 +403,7 @@ def main(argv=None):
         return memory_child(args)
 
     threads_list = args.threads or [torch.get_num_threads()]
+    load_start = round(os.getloadavg()[0], 2)
     cfg = sparseprop.config()
     print(f"# sparseprop {sparseprop.__version__}, torch {torch.__version__}, ISA {cfg['isa']}, "
           f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
@@ -454,11 +455,23 @@ def main(argv=None):
     print()
     print(markdown_table(results))
     if args.json:
-        Path(args.json).write_text(json.dumps({"isa": cfg["isa"], "torch": torch.__version__,
-                                               "cores": os.cpu_count(), "rows": results},
-                                              indent=1))
+        Path(args.json).write_text(json.dumps({
+            "isa": cfg["isa"], "torch": torch.__version__, "cores": os.cpu_count(),
+            "cpu": _cpu_model(), "loadavg_1min_start": load_start,
+            "loadavg_1min_end": round(os.getloadavg()[0], 2), "rows": results}, indent=1))
         print(f"# wrote {args.json}")
     return 0
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 def format_row(r):

@@ -89,12 +89,19 @@ def train(scope, data, args, log=print):
             loss.backward()
             opt.step()
             times.append(time.perf_counter() - t0)
+            last_loss = loss.item()
+            # Release this step's autograd graph before the pruner shrinks a sparse
+            # layer's values in place: while a graph that used the old values is
+            # alive, the next backward fails with "invalid gradient ... expected
+            # shape compatible with [old nnz]" (a bug of the facade, see
+            # tests/test_torch_mask_graph.py).
+            del loss
             if pruner is not None:
                 pruner.step()  # prunes on the schedule's steps, converts at 80%
             step += 1
         last_epoch_times = times
         acc = evaluate(model, x_test, y_test)
-        log(f"  {scope or 'dense':>7} epoch {epoch + 1}/{args.epochs}: loss {loss.item():.3f}, "
+        log(f"  {scope or 'dense':>7} epoch {epoch + 1}/{args.epochs}: loss {last_loss:.3f}, "
             f"test accuracy {100 * acc:.2f}%, {_sparsity(model):.1%} of conv weights zero, "
             f"median step {1e3 * statistics.median(times):.0f} ms")
     n_sparse = sum(isinstance(m, spt.SparseConv2d) for m in model.modules())
