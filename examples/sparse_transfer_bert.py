@@ -24,8 +24,13 @@ What it shows
     model's encoder costs accuracy that a short recovery does not all win
     back - more recovery epochs or a gradual schedule
     (``sparseprop.torch.GradualMagnitudePruner``) narrow the gap.
+    Measured with the defaults (2 threads): dense 83.2%, sparse 57.1% -
+    the one-shot prune took the model from 78.7% to 65.7% and one recovery
+    epoch on the tail of the learning-rate schedule did not win it back (it
+    ended predicting the majority class); steps 963 ms dense, 566 ms
+    sparse (1.70x).
 How long
-    About 10-15 minutes on 2 cores with the defaults (4,000 training
+    About 20 minutes on 2 cores with the defaults (4,000 training
     snippets, 1 dense + 1 recovery epoch).  ``--train-size 64 --test-size 32
     --batch-size 16 --max-length 16`` runs in well under a minute.
 Needs
@@ -203,10 +208,11 @@ def main(argv=None):
     sparse, report = spt.sparsify(sparse, {"input_ids": first[0], "attention_mask": first[1]},
                                   min_sparsity=min(0.5, args.sparsity),
                                   autotune=not args.no_autotune, inplace=True)
+    rest = len(names) - len(report.converted)
     print(f"one-shot pruned {len(names)} encoder Linear layers to {100 * args.sparsity:g}%: "
           f"test accuracy {100 * pruned_acc:.2f}% before recovery; sparsify made "
-          f"{len(report.converted)} of them sparse ({time.perf_counter() - t0:.1f} s; "
-          f"the others were measured faster dense)")
+          f"{len(report.converted)} of them sparse ({time.perf_counter() - t0:.1f} s"
+          + (f"; {rest} measured faster dense stay dense)" if rest else ")"))
     sparse_opt, sparse_sched = make_optimizer(sparse, args.lr, total)
     sparse_opt.load_state_dict(_state_for(opt, model, sparse, report.converted))
     sparse_sched.load_state_dict(sched.state_dict())
