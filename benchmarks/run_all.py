@@ -1,0 +1,235 @@
+"""Regenerate every plot and table of the README's speed section.
+
+    python benchmarks/run_all.py                 # layer sweeps + end-to-end, 1 and 2 threads
+    python benchmarks/run_all.py --quick         # fewer sparsities and rounds (~10 min)
+    python benchmarks/run_all.py --skip-e2e      # layer sweeps only
+    python benchmarks/run_all.py --plots-only    # redraw from the JSON already in results/
+
+What it runs (all in this checkout's installed sparseprop, torch as the dense baseline):
+
+* the linear sweep of ``bench_linear.py`` (weight 3072x768, batch 902) and
+  the conv sweeps of ``bench_conv.py`` (its four ResNet layers, every conv
+  algorithm) over 80-99% sparsity at each thread count - by calling their
+  ``run()`` functions, so the numbers are exactly what those scripts print;
+* the end-to-end training steps of ``examples/paper_speed.py`` (ResNet18
+  95% batch 32, ResNet50 97% batch 16, BERT-base 90%/97% batch 4x128;
+  ``--e2e-full`` for the whole paper-style table).
+
+What it writes under ``benchmarks/results/``:
+
+* ``linear_sweep.json``, ``conv_sweep.json``, ``e2e.json`` - the raw rows
+  with the machine (CPU, cores, load, ISA, versions);
+* ``linear.png`` and ``conv_<layer>.png`` - runtime vs sparsity, log-lin,
+  forward and backward, one colour per thread count, dense torch as a
+  horizontal line (like Figures 2-4 of the SparseProp paper);
+* ``layers.md`` and ``e2e.md`` - the same numbers as markdown tables
+  (``e2e.md`` is what the README shows).
+Takes about 40-60 minutes on 2 cores (``--quick``: ~15).
+"""
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+import bench_conv  # noqa: E402
+import bench_linear  # noqa: E402
+from _common import RESULTS, machine_info  # noqa: E402
+
+FULL_SPARSITIES = [0.8, 0.9, 0.95, 0.97, 0.98, 0.99]
+QUICK_SPARSITIES = [0.8, 0.9, 0.95, 0.99]
+
+
+# ---------------------------------------------------------------- running
+
+def run_layers(threads, sparsities, repeats_linear, repeats_conv, conv_layers):
+    info = machine_info()
+    print(f"# layer sweeps - {info['cpu']}, {info['cores']} cores, ISA {info['isa']}, "
+          f"torch {info.get('torch')}, load {info['loadavg_1min']}", flush=True)
+    print(bench_linear.HEADER)
+    lin = bench_linear.run(threads, sparsities, repeats=repeats_linear)
+    info["loadavg_1min_after_linear"] = machine_info()["loadavg_1min"]
+    _write("linear_sweep.json", {"machine": info, "rows": lin})
+    print(bench_conv.HEADER)
+    conv = bench_conv.run(threads, conv_layers, sparsities,
+                          ["batch_last", "over_width", "auto"], repeats=repeats_conv)
+    info["loadavg_1min_end"] = machine_info()["loadavg_1min"]
+    _write("conv_sweep.json", {"machine": info, "rows": conv})
+
+
+def run_e2e(threads, full, extra):
+    out = RESULTS / "e2e.json"
+    cmd = [sys.executable, str(ROOT / "examples" / "paper_speed.py"), "--threads",
+           *map(str, threads), "--json", str(out)] + (["--full"] if full else []) + extra
+    print("#", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def _write(name, payload):
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / name).write_text(json.dumps(payload, indent=1))
+
+
+def _read(name):
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+# ---------------------------------------------------------------- plots and tables
+
+def _machine_line(info):
+    load = info.get("loadavg_1min")
+    load = "?" if load is None else f"{load:.1f}"
+    end = info.get("loadavg_1min_end")
+    if end is not None:
+        load += f"-{end:.1f}"
+    return (f"{info['cpu']}, {info['cores']} cores, ISA {info['isa']}, torch {info.get('torch')},"
+            f" 1-min load {load}")
+
+
+def plot_sweep(rows, title, path, label_of=lambda r: "sparseprop"):
+    """Runtime vs sparsity (log y), forward and backward, dense as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    threads = sorted({r["threads"] for r in rows})
+    labels = list(dict.fromkeys(label_of(r) for r in rows))
+    styles = ["o-", "s--", "^-."]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, phase in zip(axes, ("fwd", "bwd"), strict=True):
+        for ti, T in enumerate(threads):
+            color = f"C{ti}"
+            sub = [r for r in rows if r["threads"] == T]
+            dense = sorted(r[f"dense_{phase}_ms"] for r in sub)[len(sub) // 2]
+            ax.axhline(dense, color=color, lw=1.5, alpha=0.8,
+                       label=f"dense torch, {T} thread{'s' if T > 1 else ''}")
+            for li, lab in enumerate(labels):
+                pts = sorted((r["sparsity"], r[f"sparse_{phase}_ms"]) for r in sub
+                             if label_of(r) == lab)
+                if not pts:
+                    continue
+                name = "sparseprop" if len(labels) == 1 else lab
+                ax.plot([100 * s for s, _ in pts], [t for _, t in pts],
+                        styles[li % len(styles)], color=color, ms=4,
+                        label=f"{name}, {T} thread{'s' if T > 1 else ''}")
+        ax.set_yscale("log")
+        ax.set_xlabel("sparsity (%)")
+        ax.set_ylabel("time (ms, log scale)")
+        ax.set_title("forward" if phase == "fwd" else "backward (dX and dW)")
+        ax.grid(alpha=0.3, which="both")
+    axes[1].legend(fontsize=7, loc="lower left")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"# wrote {path}")
+
+
+def layers_markdown(lin, conv):
+    lines = []
+    if lin:
+        lines += [f"Linear 3072x768, batch 902, float32 - {_machine_line(lin['machine'])}.",
+                  "Speedup = dense torch time / sparseprop time, same run.", "",
+                  "| threads | sparsity | dense fwd / bwd ms | sparse fwd / bwd ms "
+                  "| speedup fwd | speedup bwd |", "|---|---|---|---|---|---|"]
+        for r in lin["rows"]:
+            lines.append(f"| {r['threads']} | {100 * r['sparsity']:g}% | "
+                         f"{r['dense_fwd_ms']:.1f} / {r['dense_bwd_ms']:.1f} | "
+                         f"{r['sparse_fwd_ms']:.1f} / {r['sparse_bwd_ms']:.1f} | "
+                         f"{r['speedup_fwd']:.2f}x | {r['speedup_bwd']:.2f}x |")
+        lines.append("")
+    if conv:
+        lines += [f"Conv2d, float32 - {_machine_line(conv['machine'])}.", "",
+                  "| layer | threads | sparsity | algorithm | dense fwd / bwd ms "
+                  "| sparse fwd / bwd ms | speedup fwd | speedup bwd |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in conv["rows"]:
+            algo = r["algorithm"] if r["algorithm"] != "auto" else f"auto ({r['algorithm_used']})"
+            lines.append(f"| {r['layer']} | {r['threads']} | {100 * r['sparsity']:g}% | {algo} | "
+                         f"{r['dense_fwd_ms']:.1f} / {r['dense_bwd_ms']:.1f} | "
+                         f"{r['sparse_fwd_ms']:.1f} / {r['sparse_bwd_ms']:.1f} | "
+                         f"{r['speedup_fwd']:.2f}x | {r['speedup_bwd']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def e2e_markdown(e2e):
+    sys.path.insert(0, str(ROOT / "examples"))
+    import paper_speed
+
+    load = ""
+    if e2e.get("loadavg_1min_start") is not None:
+        load = f", 1-min load {e2e['loadavg_1min_start']:.1f}-{e2e['loadavg_1min_end']:.1f}"
+    head = (f"End-to-end training step, {e2e.get('cpu', 'CPU')}, {e2e.get('cores')} cores, "
+            f"ISA {e2e.get('isa')}, torch {e2e.get('torch')}{load}; speedup = dense step "
+            "time / sparse step time (medians of interleaved steps, same run); peak = "
+            "resident-set high-water mark of one step in a fresh process.\n\n")
+    out = head + paper_speed.markdown_table(e2e["rows"]) + "\n"
+    prof = [r for r in e2e["rows"] if r.get("profile_ms")]
+    if prof:
+        cats = [c for c, _ in paper_speed.CATEGORIES] + ["other"]
+        out += ("\nWhere one training step's time goes (torch.profiler, self CPU time of one "
+                "profiled step in ms; sparse step, with the dense step's total for "
+                "comparison):\n\n")
+        out += "| model | threads | sparsity | " + " | ".join(cats) + " | total | dense total |\n"
+        out += "|" + "---|" * (len(cats) + 5) + "\n"
+        for r in prof:
+            sparse = {k: v for k, v in r["profile_ms"].items() if k != "dense"}
+            (label, sp), dense = next(iter(sparse.items())), r["profile_ms"]["dense"]
+            out += (f"| {r['model']} | {r['threads']} | {label} | "
+                    + " | ".join(f"{sp.get(c, 0.0):.0f}" for c in cats)
+                    + f" | {sum(sp.values()):.0f} | {sum(dense.values()):.0f} |\n")
+    return out
+
+
+def make_plots():
+    lin, conv, e2e = _read("linear_sweep.json"), _read("conv_sweep.json"), _read("e2e.json")
+    if lin:
+        plot_sweep(lin["rows"], "Sparse linear 3072x768, batch 902 (float32) - "
+                   + _machine_line(lin["machine"]), RESULTS / "linear.png")
+    if conv:
+        for layer in dict.fromkeys(r["layer"] for r in conv["rows"]):
+            rows = [r for r in conv["rows"] if r["layer"] == layer]
+            r0 = rows[0]
+            title = (f"Sparse conv {'x'.join(map(str, r0['weight']))} on "
+                     f"{'x'.join(map(str, r0['input']))}, stride {r0['stride']} - "
+                     + _machine_line(conv["machine"]))
+            plot_sweep(rows, title, RESULTS / f"conv_{layer}.png",
+                       label_of=lambda r: r["algorithm"])
+    if lin or conv:
+        (RESULTS / "layers.md").write_text(layers_markdown(lin, conv))
+        print(f"# wrote {RESULTS / 'layers.md'}")
+    if e2e:
+        (RESULTS / "e2e.md").write_text(e2e_markdown(e2e))
+        print(f"# wrote {RESULTS / 'e2e.md'}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--quick", action="store_true", help="fewer sparsities and rounds")
+    p.add_argument("--skip-layers", action="store_true")
+    p.add_argument("--skip-e2e", action="store_true")
+    p.add_argument("--e2e-full", action="store_true", help="the whole paper-style table")
+    p.add_argument("--conv-layers", nargs="+", default=list(bench_conv.LAYERS),
+                   choices=list(bench_conv.LAYERS))
+    p.add_argument("--plots-only", action="store_true", help="redraw from results/*.json")
+    args, extra = p.parse_known_args(argv)
+    if not args.plots_only:
+        if not args.skip_layers:
+            sp = QUICK_SPARSITIES if args.quick else FULL_SPARSITIES
+            run_layers(args.threads, sp, 5 if args.quick else 15, 3 if args.quick else 7,
+                       args.conv_layers)
+        if not args.skip_e2e:
+            run_e2e(args.threads, args.e2e_full, extra)
+    make_plots()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
