@@ -6,38 +6,7 @@
 #include "sparseprop/config.h"
 #include "sparseprop/dispatch.h"
 
-#define SP_CUR_ISA SP_ISA_SCALAR
-#define SP_CUR_F64 0
-#include "sparseprop/simd_begin.h"
-#include "sparseprop/common_impl.h"
-#include "sparseprop/simd_end.h"
-#define SP_CUR_ISA SP_ISA_SCALAR
-#define SP_CUR_F64 1
-#include "sparseprop/simd_begin.h"
-#include "sparseprop/common_impl.h"
-#include "sparseprop/simd_end.h"
-
-#if SP_X86
-#define SP_CUR_ISA SP_ISA_AVX2
-#define SP_CUR_F64 0
-#include "sparseprop/simd_begin.h"
-#include "sparseprop/common_impl.h"
-#include "sparseprop/simd_end.h"
-#define SP_CUR_ISA SP_ISA_AVX2
-#define SP_CUR_F64 1
-#include "sparseprop/simd_begin.h"
-#include "sparseprop/common_impl.h"
-#include "sparseprop/simd_end.h"
-#define SP_CUR_ISA SP_ISA_AVX512
-#define SP_CUR_F64 0
-#include "sparseprop/simd_begin.h"
-#include "sparseprop/common_impl.h"
-#include "sparseprop/simd_end.h"
-#define SP_CUR_ISA SP_ISA_AVX512
-#define SP_CUR_F64 1
-#include "sparseprop/simd_begin.h"
-#include "sparseprop/common_impl.h"
-#include "sparseprop/simd_end.h"
-#endif
+#define SP_FAMILY_IMPL "sparseprop/common_impl.h"
+#include "sparseprop/instantiate.h"
 
 #endif /* SPARSEPROP_COMMON_H */

@@ -160,39 +160,8 @@ SP_INLINE void sp_conv_pick_tile(int64_t units, int64_t cv, int maxacc, int* R, 
 }
 
 /* ---- instantiations ------------------------------------------------------ */
-#define SP_CUR_ISA SP_ISA_SCALAR
-#define SP_CUR_F64 0
-#include "sparseprop/simd_begin.h"
-#include "sparseprop/conv_impl.h"
-#include "sparseprop/simd_end.h"
-#define SP_CUR_ISA SP_ISA_SCALAR
-#define SP_CUR_F64 1
-#include "sparseprop/simd_begin.h"
-#include "sparseprop/conv_impl.h"
-#include "sparseprop/simd_end.h"
-
-#if SP_X86
-#define SP_CUR_ISA SP_ISA_AVX2
-#define SP_CUR_F64 0
-#include "sparseprop/simd_begin.h"
-#include "sparseprop/conv_impl.h"
-#include "sparseprop/simd_end.h"
-#define SP_CUR_ISA SP_ISA_AVX2
-#define SP_CUR_F64 1
-#include "sparseprop/simd_begin.h"
-#include "sparseprop/conv_impl.h"
-#include "sparseprop/simd_end.h"
-#define SP_CUR_ISA SP_ISA_AVX512
-#define SP_CUR_F64 0
-#include "sparseprop/simd_begin.h"
-#include "sparseprop/conv_impl.h"
-#include "sparseprop/simd_end.h"
-#define SP_CUR_ISA SP_ISA_AVX512
-#define SP_CUR_F64 1
-#include "sparseprop/simd_begin.h"
-#include "sparseprop/conv_impl.h"
-#include "sparseprop/simd_end.h"
-#endif
+#define SP_FAMILY_IMPL "sparseprop/conv_impl.h"
+#include "sparseprop/instantiate.h"
 
 #define SP_CONV_KERNELS_(dt, isa)                                                  \
     do {                                                                           \

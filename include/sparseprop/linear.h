@@ -120,7 +120,8 @@ SP_INLINE void sp_linear_barrier(void)
  * Measured on one Zen 4 core (the paper's layer, 0.8-0.99 sparsity): the
  * AVX-512 float32 forward was fastest with 2 vectors (32 lanes; 3 and 4 lost
  * 5-15% once X^T outgrew L1), the backward with 4 (64 lanes; 2, 3, 5 and 6
- * lost 3-15%).  The macros below only exist to repeat such measurements. */
+ * lost 3-15%).  linear_impl.h picks SP_CV / SP_CVB per (ISA, dtype); the
+ * SP_LINEAR_* macros below only exist to repeat such measurements. */
 #ifndef SP_LINEAR_CV_F32_AVX512
 #define SP_LINEAR_CV_F32_AVX512 2
 #endif
@@ -128,69 +129,15 @@ SP_INLINE void sp_linear_barrier(void)
 #define SP_LINEAR_CVB_F32_AVX512 4
 #endif
 
-#define SP_CUR_ISA SP_ISA_SCALAR
-#define SP_CUR_F64 0
-#define SP_CV 8
-#define SP_CVB 8
-#include "sparseprop/simd_begin.h"
-#include "sparseprop/linear_impl.h"
-#include "sparseprop/simd_end.h"
-#undef SP_CV
-#undef SP_CVB
-#define SP_CUR_ISA SP_ISA_SCALAR
-#define SP_CUR_F64 1
-#define SP_CV 8
-#define SP_CVB 8
-#include "sparseprop/simd_begin.h"
-#include "sparseprop/linear_impl.h"
-#include "sparseprop/simd_end.h"
-#undef SP_CV
-#undef SP_CVB
-
-#if SP_X86
 #ifndef SP_LINEAR_CV_F32_AVX2
 #define SP_LINEAR_CV_F32_AVX2 4
 #endif
 #ifndef SP_LINEAR_CVB_F32_AVX2
 #define SP_LINEAR_CVB_F32_AVX2 2
 #endif
-#define SP_CUR_ISA SP_ISA_AVX2
-#define SP_CUR_F64 0
-#define SP_CV SP_LINEAR_CV_F32_AVX2
-#define SP_CVB SP_LINEAR_CVB_F32_AVX2
-#include "sparseprop/simd_begin.h"
-#include "sparseprop/linear_impl.h"
-#include "sparseprop/simd_end.h"
-#undef SP_CV
-#undef SP_CVB
-#define SP_CUR_ISA SP_ISA_AVX2
-#define SP_CUR_F64 1
-#define SP_CV 4
-#define SP_CVB 2
-#include "sparseprop/simd_begin.h"
-#include "sparseprop/linear_impl.h"
-#include "sparseprop/simd_end.h"
-#undef SP_CV
-#undef SP_CVB
-#define SP_CUR_ISA SP_ISA_AVX512
-#define SP_CUR_F64 0
-#define SP_CV SP_LINEAR_CV_F32_AVX512
-#define SP_CVB SP_LINEAR_CVB_F32_AVX512
-#include "sparseprop/simd_begin.h"
-#include "sparseprop/linear_impl.h"
-#include "sparseprop/simd_end.h"
-#undef SP_CV
-#undef SP_CVB
-#define SP_CUR_ISA SP_ISA_AVX512
-#define SP_CUR_F64 1
-#define SP_CV 4
-#define SP_CVB 4
-#include "sparseprop/simd_begin.h"
-#include "sparseprop/linear_impl.h"
-#include "sparseprop/simd_end.h"
-#undef SP_CV
-#undef SP_CVB
-#endif
+
+#define SP_FAMILY_IMPL "sparseprop/linear_impl.h"
+#include "sparseprop/instantiate.h"
 
 #define SP_LINEAR_SET_(k, dt, isa)                                                  \
     do {                                                                           \

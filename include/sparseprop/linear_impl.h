@@ -1,7 +1,25 @@
-/* linear_impl.h - one instantiation of the sparse linear kernels; included by
- * linear.h inside a simd_begin.h region with SP_CV (vectors of batch lanes
- * per forward chunk) and SP_CVB (per backward chunk) set.
+/* linear_impl.h - one instantiation of the sparse linear kernels; compiled by
+ * linear.h once per (ISA, dtype) through instantiate.h.
  * See linear.h for the algorithm and the argument structs. */
+
+/* SP_CV / SP_CVB: vectors of batch lanes per forward / backward chunk (the
+ * float32 SIMD choices are measured, see linear.h). */
+#if SP_CUR_ISA == SP_ISA_SCALAR
+#define SP_CV 8
+#define SP_CVB 8
+#elif SP_CUR_ISA == SP_ISA_AVX2 && !SP_CUR_F64
+#define SP_CV SP_LINEAR_CV_F32_AVX2
+#define SP_CVB SP_LINEAR_CVB_F32_AVX2
+#elif SP_CUR_ISA == SP_ISA_AVX2
+#define SP_CV 4
+#define SP_CVB 2
+#elif !SP_CUR_F64
+#define SP_CV SP_LINEAR_CV_F32_AVX512
+#define SP_CVB SP_LINEAR_CVB_F32_AVX512
+#else
+#define SP_CV 4
+#define SP_CVB 4
+#endif
 
 #define SP_BC (SP_CV * SP_VL)   /* batch rows per forward chunk  */
 #define SP_BCB (SP_CVB * SP_VL) /* batch rows per backward chunk */
@@ -412,3 +430,5 @@ static void SP_FN(sp_linear_bwd)(const sp_linear_bwd_args* a)
 #undef SP_LIN_FSETS
 #undef SP_BC
 #undef SP_BCB
+#undef SP_CV
+#undef SP_CVB
