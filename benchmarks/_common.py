@@ -5,11 +5,13 @@ warm-up runs first, the median of repeated runs reported, and every speed
 quoted as a ratio against a dense baseline measured in the same process run.
 """
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
+
+# One implementation of the machine description and of interleaved timing, shared
+# with ``python -m sparseprop bench``.
+from sparseprop._bench import interleaved_times, machine_info  # noqa: F401
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -27,42 +29,6 @@ def median_time(fn, *, warmup=3, repeats=15, min_time=0.0):
         if len(times) >= 10 * repeats:
             break
     return statistics.median(times)
-
-
-def machine_info():
-    """CPU model, core count, load average, ISA and library versions."""
-    import numpy as np
-
-    import sparseprop
-
-    info = {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "sparseprop": sparseprop.__version__,
-        "isa": sparseprop.config()["isa"],
-        "openmp": sparseprop.openmp_enabled(),
-    }
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-    except ImportError:
-        pass
-    return info
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def write_results(name, payload):

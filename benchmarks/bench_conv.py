@@ -22,15 +22,13 @@ A full run takes about 5-10 minutes on 2 cores; pick layers/sparsities for a
 quick one.
 """
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, write_results  # noqa: E402
+from _common import interleaved_times, machine_info, write_results  # noqa: E402
 
 # name -> (weight shape, input shape, stride, padding)
 LAYERS = {
@@ -47,31 +45,6 @@ REFERENCE = {
     "56x56": {0.8: (0.75, 1.26), 0.9: (1.41, 2.40), 0.95: (2.60, 4.42), 0.99: (7.9, 13.4)},
     "56x56s2": {0.8: (0.19, 0.82), 0.9: (0.41, 1.51), 0.95: (0.69, 2.71), 0.99: (1.6, 7.5)},
 }
-
-
-CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
-
-
-def interleaved_medians(fns, rounds, warmup=2, clock="wall", stat="median"):
-    """Median (or min) time of each closure in ``fns`` (a dict), timed round by round -
-    every closure once per round - so that all of them, dense and sparse, see
-    the same machine load (this machine is shared).  ``clock="thread"`` times
-    the calling thread's CPU time: with one thread, torch and sparseprop both
-    compute in the calling thread, and time spent descheduled by other
-    processes is not counted.  ``stat="min"`` keeps each closure's least
-    disturbed round (for threaded runs on a busy machine)."""
-    now = CLOCKS[clock]
-    reduce = statistics.median if stat == "median" else min
-    for f in fns.values():
-        for _ in range(warmup):
-            f()
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            t0 = now()
-            f()
-            times[k].append(now() - t0)
-    return {k: reduce(v) for k, v in times.items()}
 
 
 def time_layer(name, T, sparsities, algorithms, repeats, rng, clock="wall", stat="median"):
@@ -113,7 +86,7 @@ def time_layer(name, T, sparsities, algorithms, repeats, rng, clock="wall", stat
         for algo in algorithms:
             fns[("fwd", s, algo)] = sparse(weights[s], algo, False)
             fns[("bwd", s, algo)] = sparse(weights[s], algo, True)
-    med = interleaved_medians(fns, repeats, clock=clock, stat=stat)
+    med = interleaved_times(fns, repeats, clock=clock, stat=stat)
     t_dense_fwd, t_dense_bwd = med["dense_fwd"], med["dense_bwd"]
     B, _, OH, OW = dY.shape
     flops_dense = 2.0 * np.prod(wshape) * B * OH * OW
@@ -215,7 +188,7 @@ def main(argv=None):
     p.add_argument("--algorithms", nargs="+", default=["batch_last", "over_width", "auto"],
                    choices=["batch_last", "over_width", "auto"])
     p.add_argument("--repeats", type=int, default=7, help="rounds (medians over them)")
-    p.add_argument("--clock", choices=list(CLOCKS), default="wall",
+    p.add_argument("--clock", choices=["wall", "thread"], default="wall",
                    help="wall time, or the calling thread's CPU time (1 thread only)")
     p.add_argument("--stat", choices=["median", "min"], default="median",
                    help="per closure over the rounds (min: least disturbed round)")

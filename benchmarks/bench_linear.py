@@ -18,15 +18,13 @@ Run:  python benchmarks/bench_linear.py [--threads 1 2] [--sparsities ...]
 Takes about 1-2 minutes on 2 cores.
 """
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, write_results  # noqa: E402
+from _common import interleaved_times, machine_info, write_results  # noqa: E402
 
 # The reference implementation's speedups over dense torch, measured on this
 # machine kind and given in the foundation issue (fwd, bwd), for comparison.
@@ -45,20 +43,6 @@ def target_speedup(threads, sparsity, which):
         return 0.5 / (1.0 - sparsity)
     ref = REFERENCE.get(threads, {}).get(sparsity)
     return None if ref is None else 2.0 * ref[0 if which == "fwd" else 1]
-
-
-def interleaved_medians(fns, repeats, warmup=3):
-    """Median wall time of each fn, timing them in turn, round by round."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            times[i].append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
 
 
 def run(threads, sparsities, batch=902, n_in=768, n_out=3072, repeats=15, seed=0):
@@ -92,12 +76,15 @@ def run(threads, sparsities, batch=902, n_in=768, n_out=3072, repeats=15, seed=0
                 with torch.no_grad():
                     F.linear(Xt, Wt, bt)
 
-            t_dense_fwd, t_dense_bwd, t_sp_fwd, t_sp_bwd = interleaved_medians([
-                dense_fwd,
-                lambda: torch.autograd.grad(Yt, (Xt, Wt, bt), dYt, retain_graph=True),
-                lambda: sp.linear_forward(X, W, bias, n_threads=T),
-                lambda: sp.linear_backward(X, W, dY, n_threads=T),
-            ], repeats)
+            med = interleaved_times({
+                "dense_fwd": dense_fwd,
+                "dense_bwd": lambda: torch.autograd.grad(Yt, (Xt, Wt, bt), dYt,
+                                                         retain_graph=True),
+                "sparse_fwd": lambda: sp.linear_forward(X, W, bias, n_threads=T),
+                "sparse_bwd": lambda: sp.linear_backward(X, W, dY, n_threads=T),
+            }, repeats, warmup=3)
+            t_dense_fwd, t_dense_bwd = med["dense_fwd"], med["dense_bwd"]
+            t_sp_fwd, t_sp_bwd = med["sparse_fwd"], med["sparse_bwd"]
             flops_sparse = 2.0 * W.nnz * batch
             flops_dense = 2.0 * n_in * n_out * batch
             ref = REFERENCE.get(T, {}).get(s)

@@ -457,21 +457,10 @@ def main(argv=None):
     if args.json:
         Path(args.json).write_text(json.dumps({
             "isa": cfg["isa"], "torch": torch.__version__, "cores": os.cpu_count(),
-            "cpu": _cpu_model(), "loadavg_1min_start": load_start,
+            "cpu": cfg["cpu"], "loadavg_1min_start": load_start,
             "loadavg_1min_end": round(os.getloadavg()[0], 2), "rows": results}, indent=1))
         print(f"# wrote {args.json}")
     return 0
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def format_row(r):

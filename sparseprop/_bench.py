@@ -26,14 +26,13 @@ tables of the README from the fuller benchmark scripts.
 """
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 
 import numpy as np
 
-__all__ = ["LAYERS", "add_arguments", "machine_info", "main", "run"]
+__all__ = ["LAYERS", "add_arguments", "interleaved_times", "machine_info", "main", "run"]
 
 # name -> (kind, weight shape, input shape, stride, padding)
 LAYERS = {
@@ -52,20 +51,11 @@ def machine_info():
     """CPU model, cores, load, ISA and versions (what every result is labelled with)."""
     import sparseprop
 
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(),
+    cfg = sparseprop.config()
+    info = {"cpu": cfg["cpu"], "cores": os.cpu_count(),
             "loadavg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-            "python": platform.python_version(), "numpy": np.__version__,
-            "sparseprop": sparseprop.__version__, "isa": sparseprop.config()["isa"],
-            "openmp": sparseprop.openmp_enabled()}
+            "python": cfg["python"], "numpy": cfg["numpy"], "sparseprop": cfg["version"],
+            "isa": cfg["isa"], "openmp": cfg["openmp"]}
     try:
         import torch
 
@@ -75,17 +65,31 @@ def machine_info():
     return info
 
 
-def _interleaved_medians(fns, rounds, warmup=2):
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
+def interleaved_times(fns, rounds, warmup=2, clock="wall", stat="median"):
+    """Median (or min) seconds of each closure in ``fns`` (a dict), timed round
+    by round - every closure once per round - so that all of them, dense and
+    sparse, see the same machine load (a shared machine's load changes).
+
+    ``clock="thread"`` counts the calling thread's CPU time instead of wall
+    time: with one thread, torch and sparseprop both compute in the calling
+    thread, and time spent descheduled by other processes is not counted.
+    ``stat="min"`` keeps each closure's least disturbed round.
+    """
+    now = CLOCKS[clock]
+    reduce = statistics.median if stat == "median" else min
     for f in fns.values():
         for _ in range(warmup):
             f()
     times = {k: [] for k in fns}
     for _ in range(rounds):
         for k, f in fns.items():
-            t0 = time.perf_counter()
+            t0 = now()
             f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+            times[k].append(now() - t0)
+    return {k: reduce(v) for k, v in times.items()}
 
 
 def _layer_fns(name, threads, sparsities, rng):
@@ -170,7 +174,7 @@ def run(threads=(None,), layers=QUICK_LAYERS, sparsities=QUICK_SPARSITIES, round
         for name in layers:
             t0 = time.perf_counter()
             fns, nnz, _ = _layer_fns(name, T, sparsities, rng)
-            med = _interleaved_medians(fns, rounds)
+            med = interleaved_times(fns, rounds)
             kind, wshape, xshape, stride, padding = LAYERS[name]
             d_f, d_b = med["dense_fwd"], med["dense_bwd"]
             for s in sparsities:
