@@ -130,31 +130,138 @@ def plot_sweep(rows, title, path, label_of=lambda r: "sparseprop"):
     print(f"# wrote {path}")
 
 
-def layers_markdown(lin, conv):
-    lines = []
-    if lin:
-        lines += [f"Linear 3072x768, batch 902, float32 - {_machine_line(lin['machine'])}.",
-                  "Speedup = dense torch time / sparseprop time, same run.", "",
-                  "| threads | sparsity | dense fwd / bwd ms | sparse fwd / bwd ms "
-                  "| speedup fwd | speedup bwd |", "|---|---|---|---|---|---|"]
-        for r in lin["rows"]:
-            lines.append(f"| {r['threads']} | {100 * r['sparsity']:g}% | "
-                         f"{r['dense_fwd_ms']:.1f} / {r['dense_bwd_ms']:.1f} | "
-                         f"{r['sparse_fwd_ms']:.1f} / {r['sparse_bwd_ms']:.1f} | "
-                         f"{r['speedup_fwd']:.2f}x | {r['speedup_bwd']:.2f}x |")
-        lines.append("")
-    if conv:
-        lines += [f"Conv2d, float32 - {_machine_line(conv['machine'])}.", "",
-                  "| layer | threads | sparsity | algorithm | dense fwd / bwd ms "
-                  "| sparse fwd / bwd ms | speedup fwd | speedup bwd |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for r in conv["rows"]:
-            algo = r["algorithm"] if r["algorithm"] != "auto" else f"auto ({r['algorithm_used']})"
-            lines.append(f"| {r['layer']} | {r['threads']} | {100 * r['sparsity']:g}% | {algo} | "
-                         f"{r['dense_fwd_ms']:.1f} / {r['dense_bwd_ms']:.1f} | "
-                         f"{r['sparse_fwd_ms']:.1f} / {r['sparse_bwd_ms']:.1f} | "
-                         f"{r['speedup_fwd']:.2f}x | {r['speedup_bwd']:.2f}x |")
+def _pair(r, key, fmt="{:.2f}"):
+    f, b = r.get(f"{key}_fwd"), r.get(f"{key}_bwd")
+    return "-" if f is None or b is None else f"{fmt.format(f)} / {fmt.format(b)}"
+
+
+def _ratio(r, target):
+    """'2.95x' with a mark where issue 5 sets a target: + met, - missed."""
+    out = []
+    for ph in ("fwd", "bwd"):
+        v, t = r[f"speedup_{ph}"], (target or {}).get(ph)
+        out.append(f"{v:.2f}x" + ("" if t is None else ("+" if v >= t else "-")))
+    return " / ".join(out)
+
+
+def _scaling_rows(rows, key):
+    """t(2 threads) / t(1 thread) of each kernel, per ``key(row)``."""
+    one = {key(r): r for r in rows if r["threads"] == 1}
+    out = []
+    for r in rows:
+        base = one.get(key(r))
+        if r["threads"] != 2 or base is None:
+            continue
+        out.append((r, {k: r[f"{k}_ms"] / base[f"{k}_ms"]
+                        for k in ("sparse_fwd", "sparse_bwd", "dense_fwd", "dense_bwd")}))
+    return out
+
+
+def linear_markdown(lin):
+    rows = lin["rows"]
+    lines = [f"Linear 3072x768, batch 902, float32 - {_machine_line(lin['machine'])}. "
+             "Speedup = dense torch time / sparseprop time, same run (+ / -: issue 5's target "
+             "met / missed); GFLOP/s count useful work only (2·nnz·batch per product).", "",
+             "| threads | sparsity | dense fwd / bwd ms | sparse fwd / bwd ms | speedup fwd / bwd "
+             "| target | reference | GFLOP/s sparse | GFLOP/s dense |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        tf, tb = r.get("target_speedup_fwd"), r.get("target_speedup_bwd")
+        target = {"fwd": tf, "bwd": tb} if tf is not None else None
+        lines.append(f"| {r['threads']} | {100 * r['sparsity']:g}% | "
+                     f"{r['dense_fwd_ms']:.1f} / {r['dense_bwd_ms']:.1f} | "
+                     f"{r['sparse_fwd_ms']:.2f} / {r['sparse_bwd_ms']:.2f} | "
+                     f"{_ratio(r, target)} | {_pair(r, 'target_speedup', '{:.1f}')} | "
+                     f"{_pair(r, 'reference_speedup')} | {_pair(r, 'gflops_sparse', '{:.0f}')} | "
+                     f"{_pair(r, 'gflops_dense', '{:.0f}')} |")
+    scal = _scaling_rows(rows, lambda r: r["sparsity"])
+    if scal:
+        lines += ["", "Scaling, time with 2 threads / time with 1 thread (issue 5 aims for "
+                  "<= 0.55 for every sparse kernel):", "",
+                  "| sparsity | sparse fwd | sparse bwd | dense fwd | dense bwd |",
+                  "|---|---|---|---|---|"]
+        for r, q in scal:
+            lines.append(f"| {100 * r['sparsity']:g}% | {q['sparse_fwd']:.2f} | "
+                         f"{q['sparse_bwd']:.2f} | {q['dense_fwd']:.2f} | {q['dense_bwd']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def conv_markdown(conv):
+    """The whole conv sweep (every algorithm) and the scaling of "auto"."""
+    rows = conv["rows"]
+    lines = [f"Conv2d, float32 - {_machine_line(conv['machine'])}. Speedup = dense torch time "
+             "/ sparseprop time, same run; reference: the paper's code, best variant, 1 thread "
+             "(issue 5 asks for 2x it); GFLOP/s count useful work only.", "",
+             "| layer | threads | sparsity | algorithm | dense fwd / bwd ms | sparse fwd / bwd ms "
+             "| speedup fwd / bwd | reference | GFLOP/s sparse | GFLOP/s dense |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        algo = r["algorithm"] if r["algorithm"] != "auto" else f"auto ({r['algorithm_used']})"
+        ref = r.get("reference_speedup_fwd")
+        target = ({"fwd": 2 * ref, "bwd": 2 * r["reference_speedup_bwd"]} if ref else None)
+        lines.append(f"| {r['layer']} | {r['threads']} | {100 * r['sparsity']:g}% | {algo} | "
+                     f"{r['dense_fwd_ms']:.2f} / {r['dense_bwd_ms']:.2f} | "
+                     f"{r['sparse_fwd_ms']:.2f} / {r['sparse_bwd_ms']:.2f} | "
+                     f"{_ratio(r, target)} | {_pair(r, 'reference_speedup')} | "
+                     f"{_pair(r, 'gflops_sparse', '{:.0f}')} | {_pair(r, 'gflops_dense', '{:.0f}')} |")
+    scal = _scaling_rows([r for r in conv["rows"] if r["algorithm"] == "auto"],
+                         lambda r: (r["layer"], r["sparsity"]))
+    if scal:
+        lines += ["", "Scaling of `algorithm=\"auto\"`, time with 2 threads / time with 1 "
+                  "thread (issue 5 aims for <= 0.55 for every sparse kernel):", "",
+                  "| layer | sparsity | sparse fwd | sparse bwd | dense fwd | dense bwd |",
+                  "|---|---|---|---|---|---|"]
+        for r, q in scal:
+            lines.append(f"| {r['layer']} | {100 * r['sparsity']:g}% | {q['sparse_fwd']:.2f} | "
+                         f"{q['sparse_bwd']:.2f} | {q['dense_fwd']:.2f} | {q['dense_bwd']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def conv_summary_markdown(conv):
+    """README's conv table: ``algorithm="auto"``, one row per layer and sparsity,
+    both thread counts side by side."""
+    auto = [r for r in conv["rows"] if r["algorithm"] == "auto"]
+    by = {(r["layer"], r["sparsity"], r["threads"]): r for r in auto}
+    lines = [f"Conv2d, float32, `algorithm=\"auto\"` - {_machine_line(conv['machine'])}. "
+             "Speedup = dense torch time / sparseprop time at the same thread count, same run "
+             "(+ / -: at least / below twice the reference, the paper's code, best variant, 1 "
+             "thread); GFLOP/s count useful work only; t2/t1 = time with 2 threads / time "
+             "with 1.", "",
+             "| layer | sparsity | chosen | speedup fwd / bwd, 1 thread | 2 threads "
+             "| reference | GFLOP/s sparse (dense), 1 thread | t2/t1 fwd / bwd |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (layer, s, T), r1 in by.items():
+        if T != 1:
+            continue
+        r2 = by.get((layer, s, 2))
+        ref = r1.get("reference_speedup_fwd")
+        target = {"fwd": 2 * ref, "bwd": 2 * r1["reference_speedup_bwd"]} if ref else None
+        two = _ratio(r2, None) if r2 else "-"
+        t21 = (f"{r2['sparse_fwd_ms'] / r1['sparse_fwd_ms']:.2f} / "
+               f"{r2['sparse_bwd_ms'] / r1['sparse_bwd_ms']:.2f}" if r2 else "-")
+        lines.append(f"| {layer} | {100 * s:g}% | {r1['algorithm_used']} | {_ratio(r1, target)} "
+                     f"| {two} | {_pair(r1, 'reference_speedup')} | "
+                     f"{r1['gflops_sparse_fwd']:.0f} / {r1['gflops_sparse_bwd']:.0f} "
+                     f"({r1['gflops_dense_fwd']:.0f} / {r1['gflops_dense_bwd']:.0f}) | {t21} |")
+    return "\n".join(lines) + "\n"
+
+
+def layers_markdown(lin, conv):
+    parts = ([linear_markdown(lin)] if lin else []) + ([conv_markdown(conv)] if conv else [])
+    return "\n".join(parts)
+
+
+def update_readme(block, text):
+    """Replace README.md's text between <!-- block --> and <!-- /block -->."""
+    readme = ROOT / "README.md"
+    src = readme.read_text()
+    start, end = f"<!-- {block} -->\n", f"<!-- /{block} -->"
+    i, j = src.find(start), src.find(end)
+    if i < 0 or j < i:
+        print(f"# README.md has no {start.strip()} ... {end} block: not updated")
+        return
+    readme.write_text(src[:i + len(start)] + text + src[j:])
+    print(f"# updated the {block} block of {readme}")
 
 
 def e2e_markdown(e2e):
@@ -203,9 +310,14 @@ def make_plots():
     if lin or conv:
         (RESULTS / "layers.md").write_text(layers_markdown(lin, conv))
         print(f"# wrote {RESULTS / 'layers.md'}")
+    if lin:
+        update_readme("LINEAR", linear_markdown(lin))
+    if conv:
+        update_readme("CONV", conv_summary_markdown(conv))
     if e2e:
         (RESULTS / "e2e.md").write_text(e2e_markdown(e2e))
         print(f"# wrote {RESULTS / 'e2e.md'}")
+        update_readme("E2E", e2e_markdown(e2e))
 
 
 def main(argv=None):
