@@ -45,9 +45,34 @@ def target_speedup(threads, sparsity, which):
     return None if ref is None else 2.0 * ref[0 if which == "fwd" else 1]
 
 
-def run(threads, sparsities, batch=902, n_in=768, n_out=3072, repeats=15, seed=0):
+def _closures(X, Wd, W, bias, dY, T):
+    """The four timed calls of one point: dense torch and sparseprop, fwd and bwd."""
     import torch
     import torch.nn.functional as F
+
+    import sparseprop as sp
+
+    Xt = torch.from_numpy(X).requires_grad_(True)
+    Wt = torch.from_numpy(Wd).requires_grad_(True)
+    bt = torch.from_numpy(bias).requires_grad_(True)
+    dYt = torch.from_numpy(dY)
+    Yt = F.linear(Xt, Wt, bt)
+
+    def dense_fwd():
+        with torch.no_grad():
+            F.linear(Xt, Wt, bt)
+
+    return {
+        "dense_fwd": dense_fwd,
+        "dense_bwd": lambda: torch.autograd.grad(Yt, (Xt, Wt, bt), dYt, retain_graph=True),
+        "sparse_fwd": lambda: sp.linear_forward(X, W, bias, n_threads=T),
+        "sparse_bwd": lambda: sp.linear_backward(X, W, dY, n_threads=T),
+    }
+
+
+def run(threads, sparsities, batch=902, n_in=768, n_out=3072, repeats=15, seed=0):
+    """Rows of results for every thread count and sparsity (printed as they come)."""
+    import torch
 
     import sparseprop as sp
 
@@ -63,26 +88,10 @@ def run(threads, sparsities, batch=902, n_in=768, n_out=3072, repeats=15, seed=0
     rows = []
     for T in threads:
         torch.set_num_threads(T)
-        Xt = torch.from_numpy(X).requires_grad_(True)
-        dYt = torch.from_numpy(dY)
         for s in sparsities:
             Wd = weights[s]
             W = sp.CSRMatrix.from_dense(Wd)
-            Wt = torch.from_numpy(Wd).requires_grad_(True)
-            bt = torch.from_numpy(bias).requires_grad_(True)
-            Yt = F.linear(Xt, Wt, bt)
-
-            def dense_fwd():
-                with torch.no_grad():
-                    F.linear(Xt, Wt, bt)
-
-            med = interleaved_times({
-                "dense_fwd": dense_fwd,
-                "dense_bwd": lambda: torch.autograd.grad(Yt, (Xt, Wt, bt), dYt,
-                                                         retain_graph=True),
-                "sparse_fwd": lambda: sp.linear_forward(X, W, bias, n_threads=T),
-                "sparse_bwd": lambda: sp.linear_backward(X, W, dY, n_threads=T),
-            }, repeats, warmup=3)
+            med = interleaved_times(_closures(X, Wd, W, bias, dY, T), repeats, warmup=3)
             t_dense_fwd, t_dense_bwd = med["dense_fwd"], med["dense_bwd"]
             t_sp_fwd, t_sp_bwd = med["sparse_fwd"], med["sparse_bwd"]
             flops_sparse = 2.0 * W.nnz * batch

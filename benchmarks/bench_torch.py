@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, median_time, write_results  # noqa: E402
-
 import sparseprop  # noqa: E402
 import sparseprop.torch as spt  # noqa: E402
+
+from _common import machine_info, median_time, write_results  # noqa: E402
 
 
 def masked_linear(n_in, n_out, sparsity, gen):

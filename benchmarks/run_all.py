@@ -1,7 +1,7 @@
 """Regenerate every plot and table of the README's speed section.
 
     python benchmarks/run_all.py                 # layer sweeps + end-to-end, 1 and 2 threads
-    python benchmarks/run_all.py --quick         # fewer sparsities and rounds (~10 min)
+    python benchmarks/run_all.py --quick         # fewer sparsities and rounds
     python benchmarks/run_all.py --skip-e2e      # layer sweeps only
     python benchmarks/run_all.py --plots-only    # redraw from the JSON already in results/
 
@@ -22,9 +22,11 @@ What it writes under ``benchmarks/results/``:
 * ``linear.png`` and ``conv_<layer>.png`` - runtime vs sparsity, log-lin,
   forward and backward, one colour per thread count, dense torch as a
   horizontal line (like Figures 2-4 of the SparseProp paper);
-* ``layers.md`` and ``e2e.md`` - the same numbers as markdown tables
-  (``e2e.md`` is what the README shows).
-Takes about 40-60 minutes on 2 cores (``--quick``: ~15).
+* ``layers.md`` and ``e2e.md`` - the same numbers as markdown tables;
+  the README's ``<!-- LINEAR -->``, ``<!-- CONV -->`` and ``<!-- E2E -->``
+  blocks are rewritten from them (a summary of the conv sweep: "auto" only).
+Took 11 minutes on a quiet 2-core machine (layer sweeps 1.5, end-to-end 9.5);
+several times that when other jobs share the cores.
 """
 import argparse
 import json
@@ -62,8 +64,10 @@ def run_layers(threads, sparsities, repeats_linear, repeats_conv, conv_layers):
 
 def run_e2e(threads, full, extra):
     out = RESULTS / "e2e.json"
+    # --profile: where one step's time goes (sparse kernels vs the rest), for the table
     cmd = [sys.executable, str(ROOT / "examples" / "paper_speed.py"), "--threads",
-           *map(str, threads), "--json", str(out)] + (["--full"] if full else []) + extra
+           *map(str, threads), "--profile", "--json", str(out)]
+    cmd += (["--full"] if full else []) + extra
     print("#", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 
@@ -203,7 +207,8 @@ def conv_markdown(conv):
                      f"{r['dense_fwd_ms']:.2f} / {r['dense_bwd_ms']:.2f} | "
                      f"{r['sparse_fwd_ms']:.2f} / {r['sparse_bwd_ms']:.2f} | "
                      f"{_ratio(r, target)} | {_pair(r, 'reference_speedup')} | "
-                     f"{_pair(r, 'gflops_sparse', '{:.0f}')} | {_pair(r, 'gflops_dense', '{:.0f}')} |")
+                     f"{_pair(r, 'gflops_sparse', '{:.0f}')} | "
+                     f"{_pair(r, 'gflops_dense', '{:.0f}')} |")
     scal = _scaling_rows([r for r in conv["rows"] if r["algorithm"] == "auto"],
                          lambda r: (r["layer"], r["sparsity"]))
     if scal:

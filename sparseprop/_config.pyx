@@ -57,7 +57,6 @@ def openmp_enabled():
     return bool(SP_OPENMP)
 
 
-
 def default_n_threads():
     """Threads a kernel uses when called with ``n_threads=None``.
 
@@ -97,7 +96,7 @@ def parallel_team_size(n_threads):
         raise MemoryError()
     try:
         with nogil:
-            for i in prange(n, num_threads=n, schedule="static", chunksize=1):
+            for i in prange(n, num_threads=n, schedule="static", chunksize=1):  # no-cython-lint
                 seen[threadid()] = 1
         for i in range(n):
             count += seen[i]

@@ -9,7 +9,7 @@ import numpy as np
 
 cimport cython
 cimport numpy as cnp
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int64_t
 
 cnp.import_array()
 

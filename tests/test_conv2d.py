@@ -4,10 +4,11 @@ import pickle
 
 import numpy as np
 import pytest
-from helpers import random_sparse_dense, tolerances
 
 import sparseprop as sp
 from sparseprop import _conv2d
+
+from helpers import random_sparse_dense, tolerances
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from helpers import run_python
 
 torch = pytest.importorskip("torch")

@@ -26,7 +26,8 @@ def test_kernel_suite_under_isa(isa):
     # cwd = tests/: the repository root on sys.path would shadow the installed package
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=HERE)
     tail = "\n".join(proc.stdout.splitlines()[-25:])
-    assert proc.returncode == 0, f"kernel tests failed under SPARSEPROP_ISA={isa}:\n{tail}\n{proc.stderr[-2000:]}"
+    assert proc.returncode == 0, (f"kernel tests failed under SPARSEPROP_ISA={isa}:\n{tail}\n"
+                                  f"{proc.stderr[-2000:]}")
     assert " passed" in tail and " failed" not in tail
 
 

@@ -111,7 +111,8 @@ def test_four_python_threads_share_one_weight(rng):
             X, dY = inputs[i]
             out = None
             for _ in range(20):
-                out = (sp.linear_forward(X, W, n_threads=1), *sp.linear_backward(X, W, dY, n_threads=1))
+                out = (sp.linear_forward(X, W, n_threads=1),
+                       *sp.linear_backward(X, W, dY, n_threads=1))
             results[i] = out
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
@@ -122,8 +123,8 @@ def test_four_python_threads_share_one_weight(rng):
     for t in threads:
         t.join()
     assert not errors, errors
-    for got, want in zip(results, expected):
-        for g, w in zip(got, want):
+    for got, want in zip(results, expected, strict=True):
+        for g, w in zip(got, want, strict=True):
             np.testing.assert_array_equal(g, w)  # bitwise: same inputs, same thread count
 
 

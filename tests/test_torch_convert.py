@@ -6,11 +6,12 @@ import pickle
 import pytest
 
 torch = pytest.importorskip("torch")
-from helpers import run_python  # noqa: E402
 from torch import nn  # noqa: E402
 
 import sparseprop.torch as spt  # noqa: E402
 from sparseprop.torch import _convert  # noqa: E402
+
+from helpers import run_python  # noqa: E402
 
 
 def test_import_sparseprop_does_not_import_torch():
