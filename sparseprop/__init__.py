@@ -40,7 +40,11 @@ __all__ = [
 
 
 def config():
-    """The build and run-time configuration as a dict (what :func:`show_config` prints)."""
+    """The build and run-time configuration as a dict (what :func:`show_config` prints).
+
+    Versions of scipy and torch come from their installed metadata (torch is not
+    imported); "-" where one is not installed.
+    """
     import platform
 
     import numpy as np
@@ -57,9 +61,21 @@ def config():
         "default_threads": _config.default_n_threads(),
         "python": platform.python_version(),
         "numpy": np.__version__,
+        "scipy": _installed_version("scipy"),
+        "torch": _installed_version("torch"),
         "machine": platform.machine(),
         "cpu": _cpu_model(),
     }
+
+
+def _installed_version(name):
+    """A distribution's version from its metadata (without importing it), or "-"."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "-"
 
 
 def _cpu_model():
@@ -77,6 +93,7 @@ def _cpu_model():
 
 
 def show_config():
-    """Print the version, the chosen ISA, whether OpenMP is on and the default thread count."""
+    """Print the version, the chosen ISA, whether OpenMP is on, the default thread count,
+    the versions of Python, NumPy, SciPy and torch, and the CPU."""
     for key, value in config().items():
         print(f"{key:>26}: {value}")
