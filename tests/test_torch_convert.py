@@ -114,6 +114,10 @@ def test_sparsify_autotune_times_and_caches(tmp_path, monkeypatch):
     assert spt.tuning_cache_dir() == tmp_path / "env"
     spt.sparsify(net, x, repeats=1, warmup=0)
     assert len(timed) == 6 and len(list((tmp_path / "env").glob("*.json"))) == 2
+    # a rebuilt sparseprop (other compiled kernels) measures again
+    monkeypatch.setattr(_convert, "_kernel_build_id", lambda: "another-build")
+    spt.sparsify(net, x, repeats=1, warmup=0)
+    assert len(timed) == 8 and len(list((tmp_path / "env").glob("*.json"))) == 4
 
 
 def test_sparsify_decides_by_the_measured_times(tmp_path, monkeypatch):

@@ -10,11 +10,13 @@ else ``~/.cache/sparseprop/autotune`` (see :func:`tuning_cache_dir`); a
 ``cache_dir=`` argument overrides both.  The key holds the layer type and
 shape with all its options, the input shape, whether the input needs a
 gradient, the sparsity (rounded to 0.01), the dtype, the thread count, the
-ISA sparseprop runs on, and the sparseprop and torch versions.  Delete the
-folder to re-measure.
+ISA sparseprop runs on, the sparseprop and torch versions, and the build of
+the kernels (size and time of the compiled modules, so a rebuilt sparseprop
+measures again).  Delete the folder to re-measure.
 """
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -183,6 +185,16 @@ def _time_layer(dense, sparse, spec, repeats, warmup):
 
 # ---------------------------------------------------------------- the cache
 
+@functools.lru_cache(maxsize=1)
+def _kernel_build_id():
+    """Size and modification time of the compiled kernel modules, hashed."""
+    from sparseprop import _conv2d, _linear
+
+    stats = [os.stat(m.__file__) for m in (_linear, _conv2d)]
+    raw = ";".join(f"{s.st_size}:{s.st_mtime_ns}" for s in stats)
+    return hashlib.sha256(raw.encode()).hexdigest()[:12]
+
+
 def _cache_key(module, spec, sparsity, threads):
     key = {
         "kind": type(module).__name__,
@@ -196,6 +208,7 @@ def _cache_key(module, spec, sparsity, threads):
         "threads": int(threads),
         "isa": sparseprop.config()["isa"],
         "sparseprop": sparseprop.__version__,
+        "build": _kernel_build_id(),
         "torch": torch.__version__,
     }
     if isinstance(module, nn.Conv2d):
