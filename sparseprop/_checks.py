@@ -92,6 +92,22 @@ def check_result_size(shape, itemsize, what):
 _scratch_local = threading.local()
 
 
+def empty_aligned(shape, dtype, align=64):
+    """``np.empty(shape, dtype)`` whose data starts on an ``align``-byte boundary.
+
+    NumPy's allocator promises 16 bytes.  The kernels store whole 64-byte
+    segments of rows (a segment straddling two cache lines leaves both half
+    written: the linear forward measured 15-30% slower) and the conv forward
+    streams tiles with aligned non-temporal stores.  The result is a
+    C-contiguous view of a private buffer.
+    """
+    dt = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    buf = np.empty(nbytes + align, dtype=np.uint8)
+    off = (-buf.ctypes.data) % align
+    return buf[off:off + nbytes].view(dt).reshape(shape)
+
+
 def scratch(nbytes, align=64):
     """A reusable, 64-byte aligned uint8 buffer of at least ``nbytes`` bytes.
 

@@ -24,7 +24,8 @@ from libc.stdint cimport int32_t, int64_t
 from sparseprop._convweight cimport SparseConvWeight
 
 from sparseprop import _config, _exact
-from sparseprop._checks import MAX_BYTES, as_float_array, check_bias, check_result_size, scratch
+from sparseprop._checks import (MAX_BYTES, as_float_array, check_bias, check_result_size,
+                                empty_aligned, scratch)
 
 cnp.import_array()
 
@@ -567,7 +568,7 @@ def conv2d_forward(X, W, bias=None, stride=1, padding=0, dilation=1, groups=1,
     b = check_bias(bias, OC, dtype)
     cdef int T0 = _config.resolve_n_threads(n_threads)
     cdef int64_t B = X4.shape[0], C = X4.shape[1], H = X4.shape[2], Wd = X4.shape[3]
-    Y = np.empty((B, OC, OH, OW), dtype=dtype)
+    Y = empty_aligned((B, OC, OH, OW), dtype)
     if B == 0 or OC == 0:
         return Y[0] if unbatched else Y
     cdef sp_conv_kernels K = _kernels(dtype)

@@ -148,6 +148,30 @@ def test_forward_input_channel_blocks(algorithm, xshape, dtype, rng):
     check_conv(X, Wdense, stride=2, padding=(0, 1), groups=2, algorithm=algorithm, rng=rng)
 
 
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", [128, 130, 5])
+def test_forward_streams_sparse_tiles_into_a_large_output(width, dtype, n_threads, rng):
+    # Y of at least 8 MiB: the over-width forward writes the tiles of output
+    # channels with few nonzeros with streaming stores (see conv.h), the others
+    # with plain ones.  Width 128 has whole vectors only; 130 also has tiles
+    # whose last vector spills into the next row (never streamed, and the
+    # streamed tile at q0 = 0 overwrites the spill later); width 5 is narrower
+    # than a vector.  Half of the output channels have many nonzeros, a few none.
+    rows = -(-(8 << 20) // (np.dtype(dtype).itemsize * 2 * 32 * width))
+    X = rng.standard_normal((2, 8, rows, width)).astype(dtype)
+    Wdense = random_sparse_dense(rng, (32, 8, 3, 3), 0.97, dtype)
+    Wdense[::2] = random_sparse_dense(rng, (16, 8, 3, 3), 0.3, dtype)
+    Wdense[5] = 0
+    bias = rng.standard_normal(32).astype(dtype)
+    W = sp.SparseConvWeight.from_dense(Wdense)
+    Y = sp.conv2d_forward(X, W, bias, padding=1, algorithm="over_width", n_threads=n_threads)
+    assert Y.nbytes >= 8 << 20
+    Yr, _, _ = reference(X, Wdense, None, bias, 1, 1, 1, 1)
+    rtol, atol = tolerances(dtype, 8 * 9)
+    np.testing.assert_allclose(Y, Yr, rtol=rtol, atol=atol)
+
+
 @pytest.mark.parametrize("algorithm", ALGOS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_skipping_the_input_gradient(algorithm, dtype, rng):

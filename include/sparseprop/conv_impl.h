@@ -9,6 +9,8 @@
 #define SP_CW_SET1(x) ((SP_T)(x))
 #define SP_CW_LOAD(p) (*(p))
 #define SP_CW_STORE(p, v) (*(p) = (v))
+#define SP_CW_STREAM(p, v) (*(p) = (v))
+#define SP_CW_STREAM_ALIGN 1
 #define SP_CW_ADD(a, b) ((a) + (b))
 #define SP_CW_FMA(a, b, c) ((a) * (b) + (c))
 #define SP_CW_FWD_ACC 8
@@ -23,6 +25,8 @@
 #define SP_CW_SET1(x) _mm256_set1_pd(x)
 #define SP_CW_LOAD(p) _mm256_loadu_pd(p)
 #define SP_CW_STORE(p, v) _mm256_storeu_pd((p), (v))
+#define SP_CW_STREAM(p, v) _mm256_stream_pd((p), (v))
+#define SP_CW_STREAM_ALIGN 32
 #define SP_CW_ADD(a, b) _mm256_add_pd((a), (b))
 #define SP_CW_FMA(a, b, c) _mm256_fmadd_pd((a), (b), (c))
 #else
@@ -31,6 +35,8 @@
 #define SP_CW_SET1(x) _mm256_set1_ps(x)
 #define SP_CW_LOAD(p) _mm256_loadu_ps(p)
 #define SP_CW_STORE(p, v) _mm256_storeu_ps((p), (v))
+#define SP_CW_STREAM(p, v) _mm256_stream_ps((p), (v))
+#define SP_CW_STREAM_ALIGN 32
 #define SP_CW_ADD(a, b) _mm256_add_ps((a), (b))
 #define SP_CW_FMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
 #endif
@@ -47,22 +53,27 @@ SP_INLINE int64_t SP_FN(sp_conv_lanes)(void) { return SP_CW_L; }
 
 /* ---- forward register tile ------------------------------------------------
  * out[r*ors + c*L + lane] = start + sum_k vals[k] * xb[off[k] + delta + r*xrs + c*L + lane]
- * for r < R, c < NC, where start is `init` or, if accumulate, out's old value. */
+ * for r < R, c < NC, where start is `init` or, if mode is SP_CW_ACCUMULATE,
+ * out's old value.  SP_CW_STREAM_OUT writes like SP_CW_OVERWRITE, with
+ * non-temporal stores where a vector is aligned for them (the caller fences). */
+#define SP_CW_OVERWRITE 0
+#define SP_CW_ACCUMULATE 1
+#define SP_CW_STREAM_OUT 2
 SP_ALWAYS_INLINE void SP_FN(sp_cw_fwd_body)(const SP_T* SP_RESTRICT xb, int64_t xrs,
                                             const int64_t* SP_RESTRICT off, int64_t delta,
                                             const SP_T* SP_RESTRICT vals, int64_t n, SP_T init,
-                                            int accumulate, SP_T* SP_RESTRICT out, int64_t ors,
+                                            int mode, SP_T* SP_RESTRICT out, int64_t ors,
                                             const int R, const int NC)
 {
     SP_CW_V acc[SP_CONV_MAX_R][SP_CONV_MAX_NC];
     if (n <= 0) { /* separate exit: keeps the tile in registers (no stack copy) */
-        if (!accumulate)
+        if (mode != SP_CW_ACCUMULATE)
             for (int r = 0; r < R; r++)
                 for (int c = 0; c < NC; c++)
                     SP_CW_STORE(out + r * ors + c * SP_CW_L, SP_CW_SET1(init));
         return;
     }
-    if (accumulate) {
+    if (mode == SP_CW_ACCUMULATE) {
         for (int r = 0; r < R; r++)
             for (int c = 0; c < NC; c++)
                 acc[r][c] = SP_CW_LOAD(out + r * ors + c * SP_CW_L);
@@ -82,6 +93,17 @@ SP_ALWAYS_INLINE void SP_FN(sp_cw_fwd_body)(const SP_T* SP_RESTRICT xb, int64_t 
                 acc[r][c] = SP_CW_FMA(v, SP_CW_LOAD(p + c * SP_CW_L), acc[r][c]);
             p += xrs;
         }
+    }
+    if (mode == SP_CW_STREAM_OUT) {
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < NC; c++) {
+                SP_T* q = out + r * ors + c * SP_CW_L;
+                if ((uintptr_t)q % SP_CW_STREAM_ALIGN == 0)
+                    SP_CW_STREAM(q, acc[r][c]);
+                else
+                    SP_CW_STORE(q, acc[r][c]);
+            }
+        return;
     }
     for (int r = 0; r < R; r++)
         for (int c = 0; c < NC; c++)
@@ -584,6 +606,10 @@ static void SP_FN(sp_conv_fwd)(const sp_conv_fwd_args* a, int64_t u0, int64_t u1
      * batch-last); the budget (12-28 KiB) and the 4-32 weights per block
      * made no difference beyond noise */
     const int blocked = icb < ICg;
+    /* streaming stores of sparse tiles straight into a large Y (see conv.h) */
+    const int stream_y = !g->batch_last &&
+                         g->B * OC * OH * OW * (int64_t)sizeof(SP_T) >= SP_CONV_STREAM_MIN_BYTES;
+    int streamed = 0;
 
     SP_FN(sp_cw_zero_x_border)(g, xbuf, c1 - c0);
     for (int64_t u = u0; u < u1; u++) {
@@ -608,7 +634,8 @@ static void SP_FN(sp_conv_fwd)(const sp_conv_fwd_args* a, int64_t u0, int64_t u1
                             const int nc = (int)SP_MIN((int64_t)NC, (OW - q0 + cv - 1) / cv);
                             SP_FN(sp_cw_fwd_tiles)[r - 1][nc - 1](
                                 xbuf, xrs, xoff + k0, p0 * xrs + q0 * U - shift, vals + k0, n,
-                                init, i0 > 0, bo + q0 * U, brow);
+                                init, i0 > 0 ? SP_CW_ACCUMULATE : SP_CW_OVERWRITE,
+                                bo + q0 * U, brow);
                         }
                     }
                 }
@@ -636,17 +663,23 @@ static void SP_FN(sp_conv_fwd)(const sp_conv_fwd_args* a, int64_t u0, int64_t u1
                     const SP_FN(sp_cw_fwd_tile_t) fn = SP_FN(sp_cw_fwd_tiles)[r - 1][nc - 1];
                     const int64_t delta = p0 * xrs + q0 * U - shift;
                     if (g->batch_last) {
-                        fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init, 0, band + q0 * U,
-                           OW * U);
-                    } else if (q0 + nc * L <= OW ||
-                               (p0 + r - 1) * OW + q0 + nc * L <= OH * OW) {
+                        fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init, SP_CW_OVERWRITE,
+                           band + q0 * U, OW * U);
+                    } else if (q0 + nc * L <= OW) { /* whole vectors: no spill */
+                        const int st = stream_y && n <= SP_CONV_STREAM_MAX_NNZ;
+                        streamed |= st;
+                        fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init,
+                           st ? SP_CW_STREAM_OUT : SP_CW_OVERWRITE, yplane + p0 * OW + q0, OW);
+                    } else if ((p0 + r - 1) * OW + q0 + nc * L <= OH * OW) {
                         /* the spill stays inside this plane: later tiles and
                          * bands overwrite it (it may cover more than one row
-                         * when OW < L: never let it reach the next plane) */
-                        fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init, 0,
+                         * when OW < L: never let it reach the next plane).
+                         * Plain stores: the overwrite must land after them. */
+                        fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init, SP_CW_OVERWRITE,
                            yplane + p0 * OW + q0, OW);
                     } else { /* the spill would leave the plane: go through `band` */
-                        fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init, 0, band, nc * L);
+                        fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init, SP_CW_OVERWRITE,
+                           band, nc * L);
                         for (int rr = 0; rr < r; rr++)
                             SP_FN(sp_cw_copy)(band + rr * nc * L, OW - q0,
                                               yplane + (p0 + rr) * OW + q0);
@@ -657,6 +690,12 @@ static void SP_FN(sp_conv_fwd)(const sp_conv_fwd_args* a, int64_t u0, int64_t u1
             }
         }
     }
+#if SP_CUR_ISA != SP_ISA_SCALAR
+    if (streamed) /* streaming stores are weakly ordered: publish them before returning */
+        _mm_sfence();
+#else
+    (void)streamed;
+#endif
 }
 
 SP_INLINE int64_t SP_FN(sp_cw_floordiv)(int64_t a, int64_t b)
@@ -789,6 +828,8 @@ static void SP_FN(sp_conv_gather)(const void* data_, const int64_t* perm, void* 
 #undef SP_CW_SET1
 #undef SP_CW_LOAD
 #undef SP_CW_STORE
+#undef SP_CW_STREAM
+#undef SP_CW_STREAM_ALIGN
 #undef SP_CW_ADD
 #undef SP_CW_FMA
 #undef SP_CW_PIN
