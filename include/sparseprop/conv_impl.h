@@ -59,6 +59,15 @@ SP_INLINE int64_t SP_FN(sp_conv_lanes)(void) { return SP_CW_L; }
 #define SP_CW_OVERWRITE 0
 #define SP_CW_ACCUMULATE 1
 #define SP_CW_STREAM_OUT 2
+
+/* A non-temporal store where q is aligned for one, else a plain store. */
+SP_ALWAYS_INLINE void SP_FN(sp_cw_stream)(SP_T* q, SP_CW_V v)
+{
+    if ((uintptr_t)q % SP_CW_STREAM_ALIGN == 0)
+        SP_CW_STREAM(q, v);
+    else
+        SP_CW_STORE(q, v);
+}
 SP_ALWAYS_INLINE void SP_FN(sp_cw_fwd_body)(const SP_T* SP_RESTRICT xb, int64_t xrs,
                                             const int64_t* SP_RESTRICT off, int64_t delta,
                                             const SP_T* SP_RESTRICT vals, int64_t n, SP_T init,
@@ -67,10 +76,14 @@ SP_ALWAYS_INLINE void SP_FN(sp_cw_fwd_body)(const SP_T* SP_RESTRICT xb, int64_t 
 {
     SP_CW_V acc[SP_CONV_MAX_R][SP_CONV_MAX_NC];
     if (n <= 0) { /* separate exit: keeps the tile in registers (no stack copy) */
-        if (mode != SP_CW_ACCUMULATE)
+        if (mode == SP_CW_OVERWRITE)
             for (int r = 0; r < R; r++)
                 for (int c = 0; c < NC; c++)
                     SP_CW_STORE(out + r * ors + c * SP_CW_L, SP_CW_SET1(init));
+        else if (mode == SP_CW_STREAM_OUT)
+            for (int r = 0; r < R; r++)
+                for (int c = 0; c < NC; c++)
+                    SP_FN(sp_cw_stream)(out + r * ors + c * SP_CW_L, SP_CW_SET1(init));
         return;
     }
     if (mode == SP_CW_ACCUMULATE) {
@@ -96,13 +109,8 @@ SP_ALWAYS_INLINE void SP_FN(sp_cw_fwd_body)(const SP_T* SP_RESTRICT xb, int64_t 
     }
     if (mode == SP_CW_STREAM_OUT) {
         for (int r = 0; r < R; r++)
-            for (int c = 0; c < NC; c++) {
-                SP_T* q = out + r * ors + c * SP_CW_L;
-                if ((uintptr_t)q % SP_CW_STREAM_ALIGN == 0)
-                    SP_CW_STREAM(q, acc[r][c]);
-                else
-                    SP_CW_STORE(q, acc[r][c]);
-            }
+            for (int c = 0; c < NC; c++)
+                SP_FN(sp_cw_stream)(out + r * ors + c * SP_CW_L, acc[r][c]);
         return;
     }
     for (int r = 0; r < R; r++)
