@@ -102,25 +102,14 @@ def train(scope, data, args, log=print):
             step += 1
         last_epoch_times = times
         acc = evaluate(model, x_test, y_test)
+        zero = spt.weight_sparsity(model)
         log(f"  {scope or 'dense':>7} epoch {epoch + 1}/{args.epochs}: loss {last_loss:.3f}, "
-            f"test accuracy {100 * acc:.2f}%, {_sparsity(model):.1%} of conv weights zero, "
+            f"test accuracy {100 * acc:.2f}%, {zero:.1%} of conv weights zero, "
             f"median step {1e3 * statistics.median(times):.0f} ms")
     n_sparse = sum(isinstance(m, spt.SparseConv2d) for m in model.modules())
     return {"scope": scope or "dense", "accuracy": acc, "wall_s": time.perf_counter() - t_run,
             "last_epoch_step_ms": 1e3 * statistics.median(last_epoch_times),
-            "conv_sparsity": _sparsity(model), "sparse_layers": n_sparse, "model": model}
-
-
-def _sparsity(model):
-    zeros = total = 0
-    for m in model.modules():
-        if isinstance(m, spt.SparseConv2d):
-            size = math.prod(m.weight_shape)
-            zeros, total = zeros + size - m.nnz, total + size
-        elif isinstance(m, torch.nn.Conv2d):
-            _, mask = spt.dense_weight_of(m)
-            zeros, total = zeros + int((~mask).sum()), total + mask.numel()
-    return zeros / total if total else 0.0
+            "conv_sparsity": spt.weight_sparsity(model), "sparse_layers": n_sparse, "model": model}
 
 
 def main(argv=None):

@@ -279,7 +279,7 @@ def run_demo(*, threads=None, sparsity=0.9, epochs=4, dense_epochs=1, prune_epoc
         history["epoch"].append(epoch + 1)
         history["sparse_acc"].append(acc)
         history["dense_acc"].append(dense_acc)
-        history["sparsity"].append(_conv_sparsity(model, spt))
+        history["sparsity"].append(spt.weight_sparsity(model))
         bar.close(loss=f"{statistics.mean(losses):.3f}", test_acc=f"{100 * acc:.2f}%",
                   dense_acc=f"{100 * dense_acc:.2f}%")
     wall = time.perf_counter() - wall0
@@ -308,20 +308,6 @@ def run_demo(*, threads=None, sparsity=0.9, epochs=4, dense_epochs=1, prune_epoc
         result["plot"] = _plot(result, plot, log)
     log(f"total time {wall:.0f} s")
     return result
-
-
-def _conv_sparsity(model, spt):
-    """Fraction of zero weights over the model's convs (stored zeros count as nonzero slots)."""
-    torch = _torch()
-    zeros = total = 0
-    for m in model.modules():
-        if isinstance(m, spt.SparseConv2d):
-            size = math.prod(m.weight_shape)
-            zeros, total = zeros + size - m.nnz, total + size
-        elif isinstance(m, torch.nn.Conv2d):
-            _, mask = spt.dense_weight_of(m)
-            zeros, total = zeros + int((~mask).sum()), total + mask.numel()
-    return zeros / total if total else 0.0
 
 
 def _plot(result, path, log):

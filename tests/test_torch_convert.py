@@ -280,3 +280,25 @@ def test_sparsify_accepts_an_ao_sparsifier_model():
         mha.out_proj.weight.zero_()
     _, report = spt.sparsify(mha, autotune=False)
     assert report.layers == []
+
+
+def test_weight_sparsity_counts_dense_pruned_and_sparse_layers():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(4, 8, 3), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8, 3))
+    assert spt.weight_sparsity(net) == 0.0
+    with torch.no_grad():
+        net[0].weight[:2] = 0                      # 2 of 8 output channels: 72 zeros
+    torch.nn.utils.prune.l1_unstructured(net[1], "weight", amount=0.5)  # 288 of 576
+    net[3].weight.data[0] = 0                      # a Linear: not counted by default
+    convs = 288 + 576
+    assert spt.weight_sparsity(net) == pytest.approx((72 + 288) / convs)
+    assert spt.weight_sparsity(net, kinds=(nn.Linear,)) == pytest.approx(8 / 24)
+    # the same counts after conversion; a stored zero is a slot, not a zero
+    sparse = spt.SparseConv2d.from_dense(net[1])
+    net[1] = sparse
+    with torch.no_grad():
+        sparse.values[0] = 0.0
+    assert spt.weight_sparsity(net) == pytest.approx((72 + 288) / convs)
+    assert spt.weight_sparsity(net, kinds=(nn.Conv2d, nn.Linear)) == pytest.approx(
+        (72 + 288 + 8) / (convs + 24))
+    assert spt.weight_sparsity(nn.ReLU()) == 0.0

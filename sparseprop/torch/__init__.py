@@ -35,7 +35,7 @@ from sparseprop.torch._convert import (
     sparsify,
     tuning_cache_dir,
 )
-from sparseprop.torch._layers import SparseConv2d, SparseLinear, dense_weight_of
+from sparseprop.torch._layers import SparseConv2d, SparseLinear, dense_weight_of, weight_sparsity
 from sparseprop.torch._masks import (
     DenseGradients,
     GradualMagnitudePruner,
@@ -61,4 +61,5 @@ __all__ = [
     "rigl_update_",
     "sparsify",
     "tuning_cache_dir",
+    "weight_sparsity",
 ]

@@ -16,7 +16,7 @@ from torch import nn
 
 from sparseprop.torch import _ops
 
-__all__ = ["SparseConv2d", "SparseLinear", "dense_weight_of"]
+__all__ = ["SparseConv2d", "SparseLinear", "dense_weight_of", "weight_sparsity"]
 
 
 # ---------------------------------------------------------------- pruning interop
@@ -587,3 +587,26 @@ class SparseConv2d(_SparseLayer):
         if self.algorithm != "auto":
             s += f", algorithm={self.algorithm!r}"
         return s
+
+
+def weight_sparsity(model, kinds=(nn.Conv2d,)):
+    """Fraction of zero weights over a model's layers of the given kinds.
+
+    ``kinds`` holds dense module classes (``nn.Conv2d``, ``nn.Linear``); a
+    :class:`SparseConv2d` counts as a Conv2d and a :class:`SparseLinear` as a
+    Linear.  Dense layers count the entries their mask drops (see
+    :func:`dense_weight_of`: pruned modules and sparsifiers included), sparse
+    layers their structural zeros (stored zeros are trainable slots, not
+    zeros).  Returns 0.0 for a model without such layers.
+    """
+    sparse_kinds = tuple(s for d, s in ((nn.Conv2d, SparseConv2d), (nn.Linear, SparseLinear))
+                         if any(issubclass(d, k) for k in kinds))
+    zeros = total = 0
+    for m in model.modules():
+        if isinstance(m, sparse_kinds):
+            size = math.prod(m.weight_shape)
+            zeros, total = zeros + size - m.nnz, total + size
+        elif isinstance(m, tuple(kinds)):
+            _, mask = dense_weight_of(m)
+            zeros, total = zeros + int((~mask).sum()), total + mask.numel()
+    return zeros / total if total else 0.0
