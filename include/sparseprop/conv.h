@@ -67,9 +67,10 @@
  * many nonzeros is written to Y with non-temporal (streaming) stores when Y
  * is at least SP_CONV_STREAM_MIN_BYTES.  Such a tile is a few FMAs per
  * store, bound by writing Y, and streaming skips reading Y's lines first.
- * Measured on one Zen 4 core, 64x64x3x3 on (32, 64, 56, 56): 0.99 sparsity
- * (~6 nonzeros per channel) 6.6 -> 4.0-5.1 ms, 0.98 (~12) 12.5 -> 6.4 ms;
- * but 0.97 (~17) 13.1 -> 16.0 ms and 0.8-0.95 8-20% slower, hence the cut. */
+ * Same-build A/B on one Zen 4 core, 64x64x3x3 on (32, 64, 56, 56), every
+ * tile streamed: 0.99 sparsity (~6 nonzeros per channel) 6.6 -> 4.0-5.1 ms,
+ * 0.8-0.95 8-20% slower; a second A/B on a busier host: 0.98 (~12) 12.5 ->
+ * 6.4 ms, 0.97 (~17) 13.1 -> 16.0 ms.  Hence the cut at 12. */
 #ifndef SP_CONV_STREAM_MAX_NNZ
 #define SP_CONV_STREAM_MAX_NNZ 12
 #endif
