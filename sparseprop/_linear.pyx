@@ -128,11 +128,6 @@ cdef object _rows2d(arr, str name):
     return rows_view(arr, name)
 
 
-cdef inline char* _data(buf):
-    """Start of a (64-byte aligned) scratch buffer from ``_checks.scratch``."""
-    return <char*> cnp.PyArray_DATA(<cnp.ndarray> buf)
-
-
 def _check_weight(W):
     if not isinstance(W, _CompressedMatrix):
         raise TypeError(
@@ -385,7 +380,7 @@ def linear_forward(X, W, bias=None, *, n_threads=None):
     base.blk_cols = <const int64_t*> _ptr(blk_cols)
     cdef const char* Xp = _ptr(X2)
     cdef char* Yp = _ptr(Y)
-    cdef char* sp = _data(buf)
+    cdef char* sp = _ptr(buf)
     cdef sp_linear_fwd_fn fn = K.fwd
     cdef int64_t t
     cdef int tid, nt
@@ -612,7 +607,7 @@ def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None):
     cdef int64_t partial_bytes = vals_bytes
     cdef int64_t per_task = (sp_linear_bwd_scratch(chunk, N) * itemsize + 63) // 64 * 64
     buf = scratch(vals_bytes + tasks * (partial_bytes + per_task))
-    cdef char* vals_p = _data(buf)
+    cdef char* vals_p = _ptr(buf)
     cdef char* pp = vals_p + vals_bytes
     cdef char* sp = pp + tasks * partial_bytes
     cdef const int64_t* slot_p = <const int64_t*> _ptr(slot)
