@@ -287,9 +287,10 @@ def peak_memory(args, model_name, batch, variant, threads, converted):
 # ---------------------------------------------------------------- profile
 
 CATEGORIES = [
-    # the forward kernel's time shows as the self time of the op's autograd
-    # node (GeneratedBackwardFor_sparseprop_...), the backward's as sparseprop::*_backward
-    ("sparseprop kernels", ("sparseprop::", "sparseprop_")),
+    # eager layers show as their autograd Functions (EagerLinear, EagerConv2dBackward
+    # ...); the custom ops (under torch.compile) as sparseprop::* and the self time of
+    # their autograd nodes (GeneratedBackwardFor_sparseprop_...)
+    ("sparseprop kernels", ("EagerLinear", "EagerConv2d", "sparseprop::", "sparseprop_")),
     ("dense conv/linear/matmul", ("aten::convolution", "aten::_convolution",
                                   "aten::mkldnn_convolution", "aten::convolution_backward",
                                   "aten::addmm", "aten::mm", "aten::linear", "aten::matmul",

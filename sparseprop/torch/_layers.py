@@ -427,8 +427,11 @@ class SparseLinear(_SparseLayer):
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"input has shape {tuple(x.shape)}; SparseLinear expects "
                              f"(..., {self.in_features}) (last axis = in_features)")
-        return torch.ops.sparseprop.linear(x, self.values, self.indptr, self.indices,
-                                           self.in_features, self.bias, self._threads)
+        args = (x, self.values, self.indptr, self.indices, self.in_features, self.bias,
+                self._threads)
+        if _ops.eager_path_ok(x, self.values, self.indptr, self.indices, self.bias):
+            return _ops.EagerLinear.apply(*args)
+        return torch.ops.sparseprop.linear(*args)
 
     def _shape_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -565,10 +568,13 @@ class SparseConv2d(_SparseLayer):
             raise ValueError(f"input has shape {tuple(x.shape)}; SparseConv2d expects "
                              f"(N, {self.in_channels}, H, W) or ({self.in_channels}, H, W)")
         x, padding = self._prepare_input(x)
-        y = torch.ops.sparseprop.conv2d(x, self.values, self.indptr, self.indices,
-                                        list(self.weight_shape), self.bias, list(self.stride),
-                                        padding, list(self.dilation), self.groups,
-                                        self.algorithm, self._threads)
+        args = (x, self.values, self.indptr, self.indices, list(self.weight_shape), self.bias,
+                list(self.stride), padding, list(self.dilation), self.groups, self.algorithm,
+                self._threads)
+        if _ops.eager_path_ok(x, self.values, self.indptr, self.indices, self.bias):
+            y = _ops.EagerConv2d.apply(*args)
+        else:
+            y = torch.ops.sparseprop.conv2d(*args)
         return y.squeeze(0) if unbatched else y
 
     def _shape_repr(self):
