@@ -98,6 +98,8 @@ def main():
         for sparsity in ((0.9,) if args.quick else (0.8, 0.9, 0.95, 0.99)):
             rows.append(bench_linear(768, 3072, 902, sparsity, threads, repeats))
         rows.append(bench_linear(256, 256, 32, 0.9, threads, repeats))
+        # a layer too small to matter: its time is the per-call cost of the facade
+        rows.append(bench_linear(16, 16, 2, 0.5, threads, repeats))
         rows += bench_conv((256, 128, 3, 3), (8, 128, 7, 7), 1, 1, 0.9, threads, repeats)
         if not args.quick:
             rows += bench_conv((64, 64, 3, 3), (32, 64, 56, 56), 1, 1, 0.9, threads, repeats)
