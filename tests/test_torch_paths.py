@@ -101,3 +101,18 @@ def test_second_derivatives_are_an_error_on_both_routes(route):
     gx, = torch.autograd.grad(y.square().sum(), [x], create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|no autograd formula"):
         gx.sum().backward()
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_eager_route_under_checkpoint_and_inference_mode(reentrant):
+    from torch.utils.checkpoint import checkpoint
+    layer = linear_layer()
+    dense = layer.to_dense()
+    x = torch.randn(3, 13, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), dense(x))
+    xs, xd = x.clone().requires_grad_(), x.clone().requires_grad_()
+    checkpoint(lambda t: layer(t).relu(), xs, use_reentrant=reentrant).sum().backward()
+    dense(xd).relu().sum().backward()
+    torch.testing.assert_close(xs.grad, xd.grad)
+    torch.testing.assert_close(layer.values.grad, dense.weight.grad[layer.mask()])
