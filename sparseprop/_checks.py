@@ -110,6 +110,39 @@ def empty_aligned(shape, dtype, align=64):
     return buf[off:off + n].reshape(shape)
 
 
+def output_array(out, shape, dtype, name, inputs):
+    """The array a result of ``shape`` and ``dtype`` is written into.
+
+    None gives a fresh 64-byte aligned array (:func:`empty_aligned`).
+    Otherwise ``out`` must be an ndarray of exactly that shape and dtype,
+    C-contiguous, writeable and sharing no memory with any of ``inputs``
+    (pairs of name and array, None skipped): the kernels read the inputs
+    while they write ``out``.  Any element-aligned start works; 64-byte
+    aligned is fastest.
+    """
+    shape = tuple(int(s) for s in shape)
+    if out is None:
+        return empty_aligned(shape, dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array or None; got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} has dtype {out.dtype}; the result has dtype {np.dtype(dtype)}")
+    if out.shape != shape:
+        raise ValueError(f"{name} has shape {out.shape}; the result has shape {shape}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous; got strides {out.strides}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} must be writeable; got a read-only array")
+    if not out.flags.aligned:
+        raise ValueError(f"{name} must start on a multiple of its item size "
+                         f"({out.itemsize} bytes); got address {out.ctypes.data:#x}")
+    for other, arr in inputs:
+        if arr is not None and np.may_share_memory(out, arr):
+            raise ValueError(f"{name} shares memory with {other}; the result must go to "
+                             f"a separate array")
+    return out
+
+
 def scratch(nbytes, align=64):
     """A reusable, 64-byte aligned uint8 buffer of at least ``nbytes`` bytes.
 

@@ -21,6 +21,7 @@ def conv2d_forward(
     algorithm: _Algorithm = ...,
     *,
     n_threads: int | None = ...,
+    out: np.ndarray | None = ...,
 ) -> np.ndarray: ...
 def conv2d_backward(
     X: npt.ArrayLike,
@@ -34,6 +35,7 @@ def conv2d_backward(
     algorithm: _Algorithm = ...,
     *,
     n_threads: int | None = ...,
+    out_dx: np.ndarray | None = ...,
 ) -> tuple[np.ndarray | None, np.ndarray]: ...
 def conv2d_algorithm(
     X_shape: tuple[int, ...],

@@ -25,7 +25,7 @@ from sparseprop._convweight cimport SparseConvWeight
 
 from sparseprop import _config, _exact
 from sparseprop._checks import (MAX_BYTES, as_float_array, check_bias, check_result_size,
-                                empty_aligned, scratch)
+                                output_array, scratch)
 
 cnp.import_array()
 
@@ -520,7 +520,7 @@ def _resolve(algorithm, B, OH, OW, L):
 # ---------------------------------------------------------------- forward
 
 def conv2d_forward(X, W, bias=None, stride=1, padding=0, dilation=1, groups=1,
-                   algorithm="auto", *, n_threads=None):
+                   algorithm="auto", *, n_threads=None, out=None):
     """Forward pass of a sparse conv2d layer.
 
     Same semantics as ``torch.nn.functional.conv2d(X, W, bias, stride,
@@ -550,11 +550,15 @@ def conv2d_forward(X, W, bias=None, stride=1, padding=0, dilation=1, groups=1,
     n_threads : int, optional
         Threads to use; None means OpenMP's default (``OMP_NUM_THREADS``,
         threadpoolctl and ``torch.set_num_threads`` all set it).
+    out : ndarray, optional
+        Where to write Y: C-contiguous, of Y's shape and dtype, sharing no
+        memory with X or bias.  Reusing one saves allocating (and the
+        operating system clearing) a fresh array on every call.
 
     Returns
     -------
     Y : ndarray, shape (batch, out_channels, OH, OW) (no batch axis for 3-D X)
-        A new C-contiguous array of W's dtype.
+        ``out``, or a new C-contiguous array of W's dtype.
 
     Notes
     -----
@@ -568,9 +572,11 @@ def conv2d_forward(X, W, bias=None, stride=1, padding=0, dilation=1, groups=1,
     b = check_bias(bias, OC, dtype)
     cdef int T0 = _config.resolve_n_threads(n_threads)
     cdef int64_t B = X4.shape[0], C = X4.shape[1], H = X4.shape[2], Wd = X4.shape[3]
-    Y = empty_aligned((B, OC, OH, OW), dtype)
+    y_shape = (int(OC), OH, OW) if unbatched else (int(B), int(OC), OH, OW)
+    Y_out = output_array(out, y_shape, dtype, "out", (("X", X4), ("bias", b)))
+    Y = Y_out[None] if unbatched else Y_out
     if B == 0 or OC == 0:
-        return Y[0] if unbatched else Y
+        return Y_out
     cdef sp_conv_kernels K = _kernels(dtype)
     cdef int64_t L = K.lanes
     plan = _plan(W, algorithm, L, B, C, H, Wd, geo)
@@ -621,13 +627,14 @@ def conv2d_forward(X, W, bias=None, stride=1, padding=0, dilation=1, groups=1,
                 fn(&args, n_units * tb // tb_n, n_units * (tb + 1) // tb_n, ob[tc], ob[tc + 1],
                    sp + t * per_task)
     _last_team = team[0]
-    return Y[0] if unbatched else Y
+    return Y_out
 
 
 # ---------------------------------------------------------------- backward
 
 def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
-                    need_input_grad=True, algorithm="auto", *, n_threads=None):
+                    need_input_grad=True, algorithm="auto", *, n_threads=None,
+                    out_dx=None):
     """Backward pass of a sparse conv2d layer, in one fused pass over W's nonzeros.
 
     Computes the input gradient and the weight gradient *only at W's stored
@@ -648,11 +655,14 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
         As in :func:`conv2d_forward`.
     n_threads : int, optional
         As in :func:`conv2d_forward`.
+    out_dx : ndarray, optional
+        Where to write dX (as ``out`` of :func:`conv2d_forward`: X's shape,
+        sharing no memory with X or dY); only with ``need_input_grad``.
 
     Returns
     -------
     dX : ndarray of X's shape, or None
-        A new C-contiguous array.
+        ``out_dx``, or a new C-contiguous array.
     dW : ndarray, shape (nnz,)
         Gradient at the stored values, aligned with ``W.data``, so
         ``W.data -= lr * dW`` is an SGD step.
@@ -681,14 +691,16 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
     cdef int T0 = _config.resolve_n_threads(n_threads)
     dY4 = dYa[None] if unbatched else dYa
     need_dx = bool(need_input_grad)
+    if out_dx is not None and not need_dx:
+        raise ValueError("out_dx was given but need_input_grad is False (no dX is computed)")
     cdef int64_t nnz = W.nnz
-    dX = np.empty((B, C, H, Wd), dtype=dtype) if need_dx else None
+    dX_out = (output_array(out_dx, X4.shape[1:] if unbatched else X4.shape, dtype,
+                           "out_dx", (("X", X4), ("dY", dY4))) if need_dx else None)
+    dX = (dX_out[None] if unbatched else dX_out) if need_dx else None
     if B == 0 or nnz == 0:
-        dW = np.zeros(nnz, dtype=dtype)
         if need_dx:
-            dX[...] = 0
-            dX = dX[0] if unbatched else dX
-        return dX, dW
+            dX_out[...] = 0
+        return dX_out, np.zeros(nnz, dtype=dtype)
 
     cdef sp_conv_kernels K = _kernels(dtype)
     cdef int64_t L = K.lanes
@@ -770,7 +782,7 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
                 red(parts, stride_el, tb_n, L, perm_p, dW_p, k0, k1)
     if not (np.isfinite(dW).all() and np.isfinite(W.data).all()):  # O(nnz)
         # NaN/Inf: the kernel's border pairs are no longer no-ops (see _exact)
-        dX, dW = _exact.conv2d_backward(X4, W, dY4, geo, need_dx)
-    if need_dx and unbatched:
-        dX = dX[0]
-    return dX, dW
+        dX_exact, dW = _exact.conv2d_backward(X4, W, dY4, geo, need_dx)
+        if need_dx:
+            dX[...] = dX_exact
+    return dX_out, dW

@@ -9,6 +9,7 @@ def linear_forward(
     bias: npt.ArrayLike | None = ...,
     *,
     n_threads: int | None = ...,
+    out: np.ndarray | None = ...,
 ) -> np.ndarray: ...
 def linear_backward(
     X: npt.ArrayLike,
@@ -17,6 +18,7 @@ def linear_backward(
     need_input_grad: bool = ...,
     *,
     n_threads: int | None = ...,
+    out_dx: np.ndarray | None = ...,
 ) -> tuple[np.ndarray | None, np.ndarray]: ...
 def _last_team_size() -> int: ...
 def _force_forward_blocks(n: int) -> None: ...

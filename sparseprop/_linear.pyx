@@ -23,7 +23,7 @@ from sparseprop._formats cimport CSRMatrix, _CompressedMatrix
 
 from sparseprop import _config
 from sparseprop._checks import as_float_array, check_bias, row_stride, rows_view, scratch
-from sparseprop._checks import check_result_size, empty_aligned
+from sparseprop._checks import check_result_size, output_array
 
 cnp.import_array()
 
@@ -288,7 +288,7 @@ cdef void _forward_range(sp_linear_fwd_fn fn, int64_t chunk, int itemsize,
         r = 0
 
 
-def linear_forward(X, W, bias=None, *, n_threads=None):
+def linear_forward(X, W, bias=None, *, n_threads=None, out=None):
     """Forward pass of a sparse linear layer: ``Y = X @ W.T + bias``.
 
     Same semantics as ``torch.nn.functional.linear(X, W, bias)``.
@@ -303,11 +303,15 @@ def linear_forward(X, W, bias=None, *, n_threads=None):
     n_threads : int, optional
         Threads to use; None means OpenMP's default (``OMP_NUM_THREADS``,
         threadpoolctl and ``torch.set_num_threads`` all set it).
+    out : ndarray, optional
+        Where to write Y: C-contiguous, of Y's shape and dtype, sharing no
+        memory with X or bias.  Reusing one saves allocating (and the
+        operating system clearing) a fresh array on every call.
 
     Returns
     -------
     Y : ndarray, shape (..., out_features)
-        A new C-contiguous array of W's dtype.
+        ``out``, or a new C-contiguous array of W's dtype.
     """
     global _last_team
     _check_weight(W)
@@ -322,11 +326,12 @@ def linear_forward(X, W, bias=None, *, n_threads=None):
     lead = Xa.shape[:-1]
     check_result_size(lead + (N,), dtype.itemsize, f"X has shape {Xa.shape}")
     b = check_bias(bias, N, dtype)
+    Y_out = output_array(out, lead + (N,), dtype, "out", (("X", Xa), ("bias", b)))
     X2 = _rows2d(Xa, "X")
     cdef int64_t B = X2.shape[0]
-    Y = empty_aligned((B, N), dtype)
+    Y = Y_out.reshape(B, N)  # a view: Y_out is C-contiguous
     if B == 0 or N == 0:
-        return Y.reshape(lead + (N,))
+        return Y_out
 
     cdef sp_linear_kernels K = _kernels(dtype)
     cdef int64_t chunk = K.fwd_chunk
@@ -410,7 +415,7 @@ def linear_forward(X, W, bias=None, *, n_threads=None):
                     _forward_range(fn, chunk, itemsize, Xp, Yp, B, bcv[t], biv[t],
                                    bcv[t + 1], biv[t + 1], sp + tid * per_task, &base)
     _last_team = team[0]
-    return Y.reshape(lead + (N,))
+    return Y_out
 
 
 # ---------------------------------------------------------------- backward
@@ -528,7 +533,7 @@ cdef void _backward_range(sp_linear_bwd_fn fn, int64_t chunk, int itemsize,
         m = 0
 
 
-def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None):
+def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None, out_dx=None):
     """Backward pass of a sparse linear layer, in one pass over W's nonzeros.
 
     Computes ``dX = dY @ W`` (sparse x dense) and the weight gradient
@@ -546,10 +551,13 @@ def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None):
         If False, dX is not computed (and its time is saved).
     n_threads : int, optional
         As in :func:`linear_forward`.
+    out_dx : ndarray, optional
+        Where to write dX (as ``out`` of :func:`linear_forward`: X's shape,
+        sharing no memory with X or dY); only with ``need_input_grad``.
 
     Returns
     -------
-    dX : ndarray of X's shape, or None
+    dX : ndarray of X's shape (``out_dx`` if given), or None
     dW : ndarray, shape (nnz,)
         Gradient at the stored values, aligned with ``W.data`` (whatever W's
         format), so ``W.data -= lr * dW`` is an SGD step.
@@ -571,16 +579,17 @@ def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None):
             f"(X.shape[:-1] + (out_features,))"
         )
     need_dx = bool(need_input_grad)
+    if out_dx is not None and not need_dx:
+        raise ValueError("out_dx was given but need_input_grad is False (no dX is computed)")
+    dX_out = (output_array(out_dx, Xa.shape, dtype, "out_dx", (("X", Xa), ("dY", dYa)))
+              if need_dx else None)
     X2 = _rows2d(Xa, "X")
     dY2 = _rows2d(dYa, "dY")
     cdef int64_t B = X2.shape[0]
-    dX = empty_aligned((B, M), dtype) if need_dx else None
+    dX = dX_out.reshape(B, M) if need_dx else None  # a view: dX_out is C-contiguous
     cdef int64_t nnz = W.nnz
     if B == 0 or M == 0:
-        dW = np.zeros(nnz, dtype=dtype)
-        if need_dx:
-            dX = dX.reshape(Xa.shape)
-        return dX, dW
+        return dX_out, np.zeros(nnz, dtype=dtype)
 
     dW = np.empty(nnz, dtype=dtype)
     colptr, rowidx, slot = _backward_plan(W)
@@ -668,6 +677,4 @@ def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None):
                     _dW_out(is_f64, pp, partial_bytes // itemsize, nt, slot_p, dW_p, nnz,
                             tid, vp)
     _last_team = team[0]
-    if need_dx:
-        dX = dX.reshape(Xa.shape)
-    return dX, dW
+    return dX_out, dW
