@@ -15,6 +15,7 @@ Quick start::
     Y = sp.conv2d_forward(X, C, bias, stride=1, padding=1)  # like F.conv2d, NCHW
     dX, dW = sp.conv2d_backward(X, C, dY, padding=1)        # dW aligned with C.data
 """
+from sparseprop._checks import empty_aligned
 from sparseprop._config import openmp_enabled
 from sparseprop._conv2d import conv2d_algorithm, conv2d_backward, conv2d_forward
 from sparseprop._convweight import SparseConvWeight
@@ -32,6 +33,7 @@ __all__ = [
     "conv2d_algorithm",
     "conv2d_backward",
     "conv2d_forward",
+    "empty_aligned",
     "linear_backward",
     "linear_forward",
     "openmp_enabled",
