@@ -173,3 +173,16 @@ def test_conv2d_bad_out_is_a_clear_error():
     with pytest.raises(ValueError, match="need_input_grad is False"):
         sparseprop.conv2d_backward(X, W, dY, **kw, need_input_grad=False,
                                    out_dx=np.empty_like(X))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_empty_aligned(dtype):
+    for shape in [(3, 5), (1000, 7), 17, (2, 3, 4, 5)]:
+        a = sparseprop.empty_aligned(shape, dtype)
+        assert a.shape == (shape if isinstance(shape, tuple) else (shape,))
+        assert a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+        assert a.ctypes.data % 64 == 0
+    assert sparseprop.empty_aligned((4, 4), dtype, align=128).ctypes.data % 128 == 0
+    for bad in (0, 48, 2):
+        with pytest.raises(ValueError, match="align"):
+            sparseprop.empty_aligned((4,), dtype, align=bad)
