@@ -553,7 +553,9 @@ def conv2d_forward(X, W, bias=None, stride=1, padding=0, dilation=1, groups=1,
     out : ndarray, optional
         Where to write Y: C-contiguous, of Y's shape and dtype, sharing no
         memory with X or bias.  Reusing one saves allocating (and the
-        operating system clearing) a fresh array on every call.
+        operating system clearing) a fresh array on every call; allocate it
+        with :func:`sparseprop.empty_aligned` (``np.empty`` arrays are only
+        16-byte aligned, which the kernels' stores are slower on).
 
     Returns
     -------
