@@ -1,5 +1,6 @@
 """The torch façade's cost: SparseLinear and SparseConv2d against
-dense torch and against calling the NumPy API directly, forward + backward.
+dense torch and against calling the NumPy API directly, forward + backward
+(for linear also through the custom op, the route under torch.compile).
 
     python benchmarks/bench_torch.py [--threads 1 2] [--quick]
 
@@ -50,13 +51,21 @@ def bench_linear(n_in, n_out, batch, sparsity, threads, repeats):
         sparseprop.linear_backward(xn, W, gn, n_threads=threads)
         gn.sum(0)  # the bias gradient, as autograd computes it
 
+    def op_step():  # the custom op, the route the layer takes under torch.compile
+        xx = x.detach().requires_grad_()
+        y = torch.ops.sparseprop.linear(xx, sparse.values, sparse.indptr, sparse.indices,
+                                        n_in, sparse.bias, threads)
+        torch.autograd.grad(y, [xx, sparse.values, sparse.bias], g)
+
     torch.set_num_threads(threads)
     t_dense = median_time(torch_step(dense), repeats=repeats)
     t_numpy = median_time(numpy_step, repeats=repeats)
     t_facade = median_time(torch_step(sparse), repeats=repeats)
+    t_op = median_time(op_step, repeats=repeats)
     return {"layer": f"linear {n_out}x{n_in}", "batch": batch, "sparsity": sparsity,
             "threads": threads, "dense_ms": 1e3 * t_dense, "numpy_api_ms": 1e3 * t_numpy,
-            "facade_ms": 1e3 * t_facade, "speedup_vs_dense": t_dense / t_facade,
+            "facade_ms": 1e3 * t_facade, "custom_op_ms": 1e3 * t_op,
+            "speedup_vs_dense": t_dense / t_facade,
             "facade_overhead_ms": 1e3 * (t_facade - t_numpy)}
 
 
@@ -107,7 +116,7 @@ def main():
     print(f"# {info['cpu']}, isa={info['isa']}, torch {info.get('torch')}, "
           f"load {info['loadavg_1min']}")
     keys = ["layer", "batch", "algorithm", "sparsity", "threads", "dense_ms", "numpy_api_ms",
-            "facade_ms", "speedup_vs_dense", "facade_overhead_ms"]
+            "facade_ms", "custom_op_ms", "speedup_vs_dense", "facade_overhead_ms"]
     print(" | ".join(keys))
     for r in rows:
         print(" | ".join(f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "-"))
