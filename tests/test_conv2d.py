@@ -570,3 +570,36 @@ def test_bad_input_is_a_clear_error(call, exc, msg):
 def test_torch_tensors_are_pointed_to_the_facade():
     with pytest.raises(TypeError, match="X is a torch.Tensor; the NumPy API takes arrays"):
         sp.conv2d_forward(torch.ones(2, 3, 8, 8), _w())
+
+
+# The over-width backward reads X and writes dX in place (no packed copies)
+# when the column stride is 1 and a row is whole vectors (width a multiple of
+# 8 float32 / 4 float64 lanes; the scalar path: any width).  Its cases: row
+# strides, row phases, dilation, groups, padding that leaves rows out, and
+# inputs whose rows are not width apart.
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width,stride,padding,dilation,groups,layout", [
+    (8, 1, 1, 1, 1, "contiguous"),
+    (16, (2, 1), (1, 0), 1, 1, "contiguous"),
+    (24, (3, 1), (0, 2), (2, 1), 2, "contiguous"),
+    (32, 1, (2, 1), (1, 2), 1, "wide rows"),
+    (16, (2, 1), 1, 1, 2, "reversed rows"),
+    (8, 1, 0, 1, 4, "depthwise"),
+])
+def test_in_place_over_width_backward(width, stride, padding, dilation, groups, layout, dtype,
+                                      n_threads, rng):
+    B, C, H = 5, 4, 9
+    if layout == "wide rows":    # row stride of X larger than its width
+        X = rng.standard_normal((B, C, H, width + 5)).astype(dtype)[..., :width]
+    elif layout == "reversed rows":
+        X = rng.standard_normal((B, C, H, width)).astype(dtype)[:, :, ::-1]
+    else:
+        X = rng.standard_normal((B, C, H, width)).astype(dtype)
+    OC = C if layout == "depthwise" else 6
+    Wdense = random_sparse_dense(rng, (OC, C // groups, 3, 3), 0.6, dtype)
+    Wdense[1] = 0  # an output channel without weights
+    for need_input_grad in (True, False):
+        check_conv(X, Wdense, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                   algorithm="over_width", n_threads=n_threads, rng=rng,
+                   need_input_grad=need_input_grad)

@@ -37,7 +37,11 @@
  *     (v * dY) and the dW FMA (dY * X).  dW partials are vectors per weight,
  *     summed over lanes (and over batch groups) once at the end.  Row bands
  *     are again the outer loop, so a band's dY rows stay in cache for every
- *     input channel.
+ *     input channel.  Over-width with column stride 1 and rows of whole
+ *     vectors needs no padded X: its tiles read X and write dX in place
+ *     (prefetching the rows of the channels ahead), skipping two copies of
+ *     the input's size (56x56 layer, one Zen 4 core: 0.95 sparsity 12%
+ *     faster, 0.8 and 0.99 2-5%).
  * dY is packed [out channel][row + TP][col + LP][U] with zero borders so a
  * tap whose output falls outside the image reads zeros.
  *

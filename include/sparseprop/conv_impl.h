@@ -122,9 +122,10 @@ SP_ALWAYS_INLINE void SP_FN(sp_cw_fwd_body)(const SP_T* SP_RESTRICT xb, int64_t 
  * X tile xb[r*xrs + c*L] and, if with_dx, the dX tile stay in registers; for
  * each weight k: d = dyb[off[k] + delta + r*dyrs + c*L],
  *     dX tile += vals[k] * d,     dwv[k*L .. +L] += sum over the tile of d * X.
- * The dX tile is stored to dxb (same offsets as xb). */
+ * The dX tile is stored to dxb[r*dxrs + c*L]. */
 SP_ALWAYS_INLINE void SP_FN(sp_cw_bwd_body)(const SP_T* SP_RESTRICT xb, SP_T* SP_RESTRICT dxb,
-                                            int64_t xrs, const SP_T* SP_RESTRICT dyb,
+                                            int64_t xrs, int64_t dxrs,
+                                            const SP_T* SP_RESTRICT dyb,
                                             int64_t dyrs, const int64_t* SP_RESTRICT off,
                                             int64_t delta, const SP_T* SP_RESTRICT vals,
                                             int64_t n, SP_T* SP_RESTRICT dwv, const int R,
@@ -135,12 +136,13 @@ SP_ALWAYS_INLINE void SP_FN(sp_cw_bwd_body)(const SP_T* SP_RESTRICT xb, SP_T* SP
         if (with_dx)
             for (int r = 0; r < R; r++)
                 for (int c = 0; c < NC; c++)
-                    SP_CW_STORE(dxb + r * xrs + c * SP_CW_L, SP_CW_SET1(0));
+                    SP_CW_STORE(dxb + r * dxrs + c * SP_CW_L, SP_CW_SET1(0));
         return;
     }
     for (int r = 0; r < R; r++)
         for (int c = 0; c < NC; c++) {
             xr[r][c] = SP_CW_LOAD(xb + r * xrs + c * SP_CW_L);
+            SP_CW_PIN(xr[r][c]); /* else gcc copies the tile through the stack */
             dx[r][c] = SP_CW_SET1(0);
         }
     const SP_T* base = dyb + delta;
@@ -164,15 +166,18 @@ SP_ALWAYS_INLINE void SP_FN(sp_cw_bwd_body)(const SP_T* SP_RESTRICT xb, SP_T* SP
     }
     if (with_dx)
         for (int r = 0; r < R; r++)
-            for (int c = 0; c < NC; c++)
-                SP_CW_STORE(dxb + r * xrs + c * SP_CW_L, dx[r][c]);
+            for (int c = 0; c < NC; c++) {
+                SP_CW_PIN(dx[r][c]);
+                SP_CW_STORE(dxb + r * dxrs + c * SP_CW_L, dx[r][c]);
+            }
 }
 
 /* ---- one function per tile shape, in tables indexed [R-1][NC-1] ---------- */
 typedef void (*SP_FN(sp_cw_fwd_tile_t))(const SP_T*, int64_t, const int64_t*, int64_t,
                                         const SP_T*, int64_t, SP_T, int, SP_T*, int64_t);
-typedef void (*SP_FN(sp_cw_bwd_tile_t))(const SP_T*, SP_T*, int64_t, const SP_T*, int64_t,
-                                        const int64_t*, int64_t, const SP_T*, int64_t, SP_T*);
+typedef void (*SP_FN(sp_cw_bwd_tile_t))(const SP_T*, SP_T*, int64_t, int64_t, const SP_T*,
+                                        int64_t, const int64_t*, int64_t, const SP_T*, int64_t,
+                                        SP_T*);
 
 #define SP_CW_DEF(R, NC)                                                                        \
     static void SP_FN(sp_cw_fwd_##R##x##NC)(const SP_T* xb, int64_t xrs, const int64_t* off,    \
@@ -182,18 +187,20 @@ typedef void (*SP_FN(sp_cw_bwd_tile_t))(const SP_T*, SP_T*, int64_t, const SP_T*
         SP_FN(sp_cw_fwd_body)(xb, xrs, off, delta, vals, n, init, acc, out, ors, R, NC);        \
     }                                                                                           \
     static void SP_FN(sp_cw_bwdx_##R##x##NC)(const SP_T* xb, SP_T* dxb, int64_t xrs,            \
-                                             const SP_T* dyb, int64_t dyrs, const int64_t* off, \
-                                             int64_t delta, const SP_T* vals, int64_t n,        \
-                                             SP_T* dwv)                                         \
+                                             int64_t dxrs, const SP_T* dyb, int64_t dyrs,       \
+                                             const int64_t* off, int64_t delta,                 \
+                                             const SP_T* vals, int64_t n, SP_T* dwv)            \
     {                                                                                           \
-        SP_FN(sp_cw_bwd_body)(xb, dxb, xrs, dyb, dyrs, off, delta, vals, n, dwv, R, NC, 1);     \
+        SP_FN(sp_cw_bwd_body)(xb, dxb, xrs, dxrs, dyb, dyrs, off, delta, vals, n, dwv, R, NC,  \
+                              1);                                                              \
     }                                                                                           \
     static void SP_FN(sp_cw_bwdw_##R##x##NC)(const SP_T* xb, SP_T* dxb, int64_t xrs,            \
-                                             const SP_T* dyb, int64_t dyrs, const int64_t* off, \
-                                             int64_t delta, const SP_T* vals, int64_t n,        \
-                                             SP_T* dwv)                                         \
+                                             int64_t dxrs, const SP_T* dyb, int64_t dyrs,       \
+                                             const int64_t* off, int64_t delta,                 \
+                                             const SP_T* vals, int64_t n, SP_T* dwv)            \
     {                                                                                           \
-        SP_FN(sp_cw_bwd_body)(xb, dxb, xrs, dyb, dyrs, off, delta, vals, n, dwv, R, NC, 0);     \
+        SP_FN(sp_cw_bwd_body)(xb, dxb, xrs, dxrs, dyb, dyrs, off, delta, vals, n, dwv, R, NC,  \
+                              0);                                                              \
     }
 #define SP_CW_DEF_ROW(R)                                                                        \
     SP_CW_DEF(R, 1) SP_CW_DEF(R, 2) SP_CW_DEF(R, 3) SP_CW_DEF(R, 4) SP_CW_DEF(R, 5)            \
@@ -713,6 +720,32 @@ SP_INLINE int64_t SP_FN(sp_cw_floordiv)(int64_t a, int64_t b)
 }
 
 /* ---- backward: units [u0, u1), input channels [c0, c1) -------------------- */
+/* Input channels ahead whose X and dX rows the in-place backward prefetches. */
+#ifndef SP_CW_BWD_PFD
+#define SP_CW_BWD_PFD 2
+#endif
+
+/* Prefetch rows h, h+sh, ... (r of them) of channel c of unit u of X and, if
+ * with_dx, of dX (for writing): an in-place tile is a few FMAs per weight and
+ * would otherwise wait for each cold line. */
+SP_ALWAYS_INLINE void SP_FN(sp_cw_bwd_prefetch)(const sp_conv_bwd_args* a, int64_t u, int64_t c,
+                                                int64_t h, int r, int64_t sh, int with_dx)
+{
+    const sp_conv_geom* g = a->g;
+    const int64_t nb = g->W * (int64_t)sizeof(SP_T);
+    for (int i = 0; i < r; i++, h += sh) {
+        const char* px = (const char*)((const SP_T*)a->X + u * a->sxb + c * a->sxc + h * a->sxh);
+        for (int64_t o = 0; o < nb + 63; o += 64) /* the row's last line too */
+            __builtin_prefetch(px + SP_MIN(o, nb - 1), 0, 3);
+        if (with_dx) {
+            const char* pd =
+                (const char*)((const SP_T*)a->dX + ((u * g->C + c) * g->H + h) * g->W);
+            for (int64_t o = 0; o < nb + 63; o += 64)
+                __builtin_prefetch(pd + SP_MIN(o, nb - 1), 1, 3);
+        }
+    }
+}
+
 static void SP_FN(sp_conv_bwd)(const sp_conv_bwd_args* a, int64_t u0, int64_t u1, int64_t c0,
                                int64_t c1, void* scratch, void* dwv_)
 {
@@ -742,10 +775,19 @@ static void SP_FN(sp_conv_bwd)(const sp_conv_bwd_args* a, int64_t u0, int64_t u1
     }
     if (u0 >= u1)
         return;
-    SP_FN(sp_cw_zero_x_border)(g, xbuf, c1 - c0);
+    /* Over-width with unit column stride and whole vectors per row: the X
+     * and dX tiles cover exactly the image's columns, so the tiles read X and
+     * write dX in place (only dY needs its zero border).  Otherwise both go
+     * through the packed buffers. */
+    const int direct = !g->batch_last && sw == 1 && g->W % SP_CW_L == 0;
+    const int64_t sdc = g->H * g->W, sdb = g->C * sdc;
+    if (!direct)
+        SP_FN(sp_cw_zero_x_border)(g, xbuf, c1 - c0);
     SP_FN(sp_cw_zero_dy_border)(g, dybuf, o1 - o0);
     for (int64_t u = u0; u < u1; u++) {
-        SP_FN(sp_cw_pack_x)(g, (const SP_T*)a->X, a->sxb, a->sxc, a->sxh, u, c0, c1, xbuf, tmp);
+        if (!direct)
+            SP_FN(sp_cw_pack_x)(g, (const SP_T*)a->X, a->sxb, a->sxc, a->sxh, u, c0, c1, xbuf,
+                                tmp);
         SP_FN(sp_cw_pack_dy)(g, (const SP_T*)a->dY, a->syb, a->syc, a->syh, u, o0, o1, dybuf);
         /* row bands outermost: a band's dY rows (all output channels) stay in
          * cache while every input channel of the task reads them */
@@ -765,33 +807,49 @@ static void SP_FN(sp_conv_bwd)(const sp_conv_bwd_args* a, int64_t u0, int64_t u1
             }
             for (int64_t a0 = a_lo; a0 <= a_hi; a0 += R) {
                 const int r = (int)SP_MIN((int64_t)R, a_hi - a0 + 1);
-                for (int64_t c = c0; c < c1; c++) {
-                    for (int64_t wph = 0; wph < sw; wph++) {
-                        const int64_t b_lo = SP_MAX(0, -SP_FN(sp_cw_floordiv)(wph - g->pl, sw));
-                        const int64_t b_hi = SP_FN(sp_cw_floordiv)(g->pl + g->W - 1 - wph, sw);
-                        if (b_lo > b_hi)
-                            continue;
+                for (int64_t wph = 0; wph < sw; wph++) {
+                    /* this phase's columns of the image and its tile width
+                     * (the same for every channel: out of the channel loop) */
+                    const int64_t b_lo = SP_MAX(0, -SP_FN(sp_cw_floordiv)(wph - g->pl, sw));
+                    const int64_t b_hi = SP_FN(sp_cw_floordiv)(g->pl + g->W - 1 - wph, sw);
+                    if (b_lo > b_hi)
+                        continue;
+                    int Rw, NC;
+                    sp_conv_pick_tile(b_hi - b_lo + 1, cv, SP_CW_BWD_ACC, &Rw, &NC);
+                    for (int64_t c = c0; c < c1; c++) {
+                        if (direct && c + SP_CW_BWD_PFD < c1)
+                            SP_FN(sp_cw_bwd_prefetch)(a, u, c + SP_CW_BWD_PFD,
+                                                      a0 * sh + rph - g->pt, r, sh, with_dx);
                         const int64_t cls = (c * sh + rph) * sw + wph;
                         const int64_t k0 = lptr[cls], n = lptr[cls + 1] - k0;
                         if (n == 0 && !with_dx)
                             continue;
-                        int Rw, NC;
-                        sp_conv_pick_tile(b_hi - b_lo + 1, cv, SP_CW_BWD_ACC, &Rw, &NC);
                         for (int64_t q0 = b_lo; q0 <= b_hi; q0 += NC * cv) {
                             const int nc = (int)SP_MIN((int64_t)NC, (b_hi - q0 + cv) / cv);
+                            const int64_t delta = a0 * dyrs + q0 * U - shift;
+                            if (direct) {
+                                /* image row a0*sh + rph - pt, column q0 - pl */
+                                const int64_t h = a0 * sh + rph - g->pt, w = q0 - g->pl;
+                                tiles[r - 1][nc - 1](
+                                    (const SP_T*)a->X + u * a->sxb + c * a->sxc + h * a->sxh + w,
+                                    with_dx ? (SP_T*)a->dX + u * sdb + c * sdc + h * g->W + w
+                                            : NULL,
+                                    sh * a->sxh, sh * g->W, dybuf, dyrs, dyoff + k0, delta,
+                                    vals + k0, n, dwv + k0 * L);
+                                continue;
+                            }
                             const int64_t xo = (c - c0) * g->plane_x +
                                                (a0 * sh + rph) * g->rowlen_x +
                                                (wph * g->Wq + q0) * U;
-                            const int64_t delta = a0 * dyrs + q0 * U - shift;
                             tiles[r - 1][nc - 1](xbuf + xo, with_dx ? dxbuf + xo : NULL, xrs,
-                                                 dybuf, dyrs, dyoff + k0, delta, vals + k0, n,
-                                                 dwv + k0 * L);
+                                                 xrs, dybuf, dyrs, dyoff + k0, delta, vals + k0,
+                                                 n, dwv + k0 * L);
                         }
                     }
                 }
             }
         }
-        if (with_dx)
+        if (with_dx && !direct)
             SP_FN(sp_cw_unpack_dx)(g, (SP_T*)a->dX, u, c0, c1, dxbuf, tmp);
     }
 }
