@@ -15,6 +15,7 @@
 #define SP_CW_FMA(a, b, c) ((a) * (b) + (c))
 #define SP_CW_FWD_ACC 8
 #define SP_CW_BWD_ACC 4
+#define SP_CW_BWD_ACC_FEW 4
 #define SP_CW_PIN(v) ((void)0)
 #else
 /* Keep a loaded vector in a register (an empty asm that "changes" it). */
@@ -43,9 +44,15 @@
 #if SP_CUR_ISA == SP_ISA_AVX512
 #define SP_CW_FWD_ACC 28 /* of 32 registers: + broadcast + load */
 #define SP_CW_BWD_ACC 12 /* X and dX tiles: 24, + 2 dW chains + dY + w */
+/* With few weights per tile the per-tile costs (loading X, storing dX, the
+ * loop) weigh more than the two X vectors gcc then keeps on the stack: 56x56
+ * layer, one core, 0.99 sparsity (~6 weights per list) 7.4 -> 6.9 ms, but
+ * 0.9 (~58) 23.9 -> 24.9 ms. */
+#define SP_CW_BWD_ACC_FEW 14
 #else
 #define SP_CW_FWD_ACC 12 /* of 16 registers */
 #define SP_CW_BWD_ACC 5
+#define SP_CW_BWD_ACC_FEW 5
 #endif
 #endif
 
@@ -172,12 +179,55 @@ SP_ALWAYS_INLINE void SP_FN(sp_cw_bwd_body)(const SP_T* SP_RESTRICT xb, SP_T* SP
             }
 }
 
+/* The same tile position in nch input channels, one after the other: channel
+ * i's X tile at xb + i*sxc, its dX tile at dxb + i*sdc and its weights
+ * [lp[i*ls], lp[i*ls + 1]) of the lists (off, vals, dwv indexed from there).
+ * With pf, the tiles of the channel SP_CW_BWD_PFD ahead are prefetched: read
+ * in place (not from a packed buffer) they are cold, and a tile is only a
+ * few FMAs per weight.  One call per run keeps the call and its argument
+ * setup out of the per-channel loop (~6 weights a channel at 0.99). */
+#ifndef SP_CW_BWD_PFD
+#define SP_CW_BWD_PFD 2
+#endif
+SP_ALWAYS_INLINE void SP_FN(sp_cw_bwd_run)(const SP_T* SP_RESTRICT xb, int64_t sxc,
+                                           SP_T* SP_RESTRICT dxb, int64_t sdc, int64_t xrs,
+                                           int64_t dxrs, const SP_T* SP_RESTRICT dyb,
+                                           int64_t dyrs, const int64_t* SP_RESTRICT off,
+                                           int64_t delta, const SP_T* SP_RESTRICT vals,
+                                           SP_T* SP_RESTRICT dwv,
+                                           const int64_t* SP_RESTRICT lp, int64_t ls,
+                                           int64_t nch, int pf, const int R, const int NC,
+                                           const int with_dx)
+{
+    const int64_t nb = (int64_t)NC * SP_CW_L * (int64_t)sizeof(SP_T);
+    for (int64_t i = 0; i < nch; i++) {
+        if (pf && i + SP_CW_BWD_PFD < nch) {
+            const char* px = (const char*)(xb + (i + SP_CW_BWD_PFD) * sxc);
+            const char* pd = with_dx ? (const char*)(dxb + (i + SP_CW_BWD_PFD) * sdc) : NULL;
+            for (int r = 0; r < R; r++)
+                for (int64_t o = 0; o < nb + 63; o += 64) { /* the last line too */
+                    __builtin_prefetch(px + r * xrs * (int64_t)sizeof(SP_T) + SP_MIN(o, nb - 1),
+                                       0, 3);
+                    if (with_dx)
+                        __builtin_prefetch(
+                            pd + r * dxrs * (int64_t)sizeof(SP_T) + SP_MIN(o, nb - 1), 1, 3);
+                }
+        }
+        const int64_t k0 = lp[i * ls], n = lp[i * ls + 1] - k0;
+        if (n == 0 && !with_dx)
+            continue;
+        SP_FN(sp_cw_bwd_body)(xb + i * sxc, with_dx ? dxb + i * sdc : NULL, xrs, dxrs, dyb, dyrs,
+                              off + k0, delta, vals + k0, n, dwv + k0 * SP_CW_L, R, NC, with_dx);
+    }
+}
+
 /* ---- one function per tile shape, in tables indexed [R-1][NC-1] ---------- */
 typedef void (*SP_FN(sp_cw_fwd_tile_t))(const SP_T*, int64_t, const int64_t*, int64_t,
                                         const SP_T*, int64_t, SP_T, int, SP_T*, int64_t);
-typedef void (*SP_FN(sp_cw_bwd_tile_t))(const SP_T*, SP_T*, int64_t, int64_t, const SP_T*,
-                                        int64_t, const int64_t*, int64_t, const SP_T*, int64_t,
-                                        SP_T*);
+typedef void (*SP_FN(sp_cw_bwd_tile_t))(const SP_T*, int64_t, SP_T*, int64_t, int64_t, int64_t,
+                                        const SP_T*, int64_t, const int64_t*, int64_t,
+                                        const SP_T*, SP_T*, const int64_t*, int64_t, int64_t,
+                                        int);
 
 #define SP_CW_DEF(R, NC)                                                                        \
     static void SP_FN(sp_cw_fwd_##R##x##NC)(const SP_T* xb, int64_t xrs, const int64_t* off,    \
@@ -186,21 +236,21 @@ typedef void (*SP_FN(sp_cw_bwd_tile_t))(const SP_T*, SP_T*, int64_t, int64_t, co
     {                                                                                           \
         SP_FN(sp_cw_fwd_body)(xb, xrs, off, delta, vals, n, init, acc, out, ors, R, NC);        \
     }                                                                                           \
-    static void SP_FN(sp_cw_bwdx_##R##x##NC)(const SP_T* xb, SP_T* dxb, int64_t xrs,            \
-                                             int64_t dxrs, const SP_T* dyb, int64_t dyrs,       \
-                                             const int64_t* off, int64_t delta,                 \
-                                             const SP_T* vals, int64_t n, SP_T* dwv)            \
+    static void SP_FN(sp_cw_bwdx_##R##x##NC)(                                                 \
+        const SP_T* xb, int64_t sxc, SP_T* dxb, int64_t sdc, int64_t xrs, int64_t dxrs,         \
+        const SP_T* dyb, int64_t dyrs, const int64_t* off, int64_t delta, const SP_T* vals,     \
+        SP_T* dwv, const int64_t* lp, int64_t ls, int64_t nch, int pf)                          \
     {                                                                                           \
-        SP_FN(sp_cw_bwd_body)(xb, dxb, xrs, dxrs, dyb, dyrs, off, delta, vals, n, dwv, R, NC,  \
-                              1);                                                              \
+        SP_FN(sp_cw_bwd_run)(xb, sxc, dxb, sdc, xrs, dxrs, dyb, dyrs, off, delta, vals, dwv, lp, \
+                             ls, nch, pf, R, NC, 1);                                          \
     }                                                                                           \
-    static void SP_FN(sp_cw_bwdw_##R##x##NC)(const SP_T* xb, SP_T* dxb, int64_t xrs,            \
-                                             int64_t dxrs, const SP_T* dyb, int64_t dyrs,       \
-                                             const int64_t* off, int64_t delta,                 \
-                                             const SP_T* vals, int64_t n, SP_T* dwv)            \
+    static void SP_FN(sp_cw_bwdw_##R##x##NC)(                                                 \
+        const SP_T* xb, int64_t sxc, SP_T* dxb, int64_t sdc, int64_t xrs, int64_t dxrs,         \
+        const SP_T* dyb, int64_t dyrs, const int64_t* off, int64_t delta, const SP_T* vals,     \
+        SP_T* dwv, const int64_t* lp, int64_t ls, int64_t nch, int pf)                          \
     {                                                                                           \
-        SP_FN(sp_cw_bwd_body)(xb, dxb, xrs, dxrs, dyb, dyrs, off, delta, vals, n, dwv, R, NC,  \
-                              0);                                                              \
+        SP_FN(sp_cw_bwd_run)(xb, sxc, dxb, sdc, xrs, dxrs, dyb, dyrs, off, delta, vals, dwv, lp, \
+                             ls, nch, pf, R, NC, 0);                                          \
     }
 #define SP_CW_DEF_ROW(R)                                                                        \
     SP_CW_DEF(R, 1) SP_CW_DEF(R, 2) SP_CW_DEF(R, 3) SP_CW_DEF(R, 4) SP_CW_DEF(R, 5)            \
@@ -228,9 +278,9 @@ SP_CW_DEF_ROW(7)
 static const SP_FN(sp_cw_fwd_tile_t) SP_FN(sp_cw_fwd_tiles)[SP_CONV_MAX_R][SP_CONV_MAX_NC] =
     SP_CW_TABLE(fwd, SP_CW_FWD_ACC);
 static const SP_FN(sp_cw_bwd_tile_t) SP_FN(sp_cw_bwdx_tiles)[SP_CONV_MAX_R][SP_CONV_MAX_NC] =
-    SP_CW_TABLE(bwdx, SP_CW_BWD_ACC);
+    SP_CW_TABLE(bwdx, SP_CW_BWD_ACC_FEW);
 static const SP_FN(sp_cw_bwd_tile_t) SP_FN(sp_cw_bwdw_tiles)[SP_CONV_MAX_R][SP_CONV_MAX_NC] =
-    SP_CW_TABLE(bwdw, SP_CW_BWD_ACC);
+    SP_CW_TABLE(bwdw, SP_CW_BWD_ACC_FEW);
 
 /* ---- packing ------------------------------------------------------------ */
 
@@ -720,32 +770,6 @@ SP_INLINE int64_t SP_FN(sp_cw_floordiv)(int64_t a, int64_t b)
 }
 
 /* ---- backward: units [u0, u1), input channels [c0, c1) -------------------- */
-/* Input channels ahead whose X and dX rows the in-place backward prefetches. */
-#ifndef SP_CW_BWD_PFD
-#define SP_CW_BWD_PFD 2
-#endif
-
-/* Prefetch rows h, h+sh, ... (r of them) of channel c of unit u of X and, if
- * with_dx, of dX (for writing): an in-place tile is a few FMAs per weight and
- * would otherwise wait for each cold line. */
-SP_ALWAYS_INLINE void SP_FN(sp_cw_bwd_prefetch)(const sp_conv_bwd_args* a, int64_t u, int64_t c,
-                                                int64_t h, int r, int64_t sh, int with_dx)
-{
-    const sp_conv_geom* g = a->g;
-    const int64_t nb = g->W * (int64_t)sizeof(SP_T);
-    for (int i = 0; i < r; i++, h += sh) {
-        const char* px = (const char*)((const SP_T*)a->X + u * a->sxb + c * a->sxc + h * a->sxh);
-        for (int64_t o = 0; o < nb + 63; o += 64) /* the row's last line too */
-            __builtin_prefetch(px + SP_MIN(o, nb - 1), 0, 3);
-        if (with_dx) {
-            const char* pd =
-                (const char*)((const SP_T*)a->dX + ((u * g->C + c) * g->H + h) * g->W);
-            for (int64_t o = 0; o < nb + 63; o += 64)
-                __builtin_prefetch(pd + SP_MIN(o, nb - 1), 1, 3);
-        }
-    }
-}
-
 static void SP_FN(sp_conv_bwd)(const sp_conv_bwd_args* a, int64_t u0, int64_t u1, int64_t c0,
                                int64_t c1, void* scratch, void* dwv_)
 {
@@ -769,9 +793,14 @@ static void SP_FN(sp_conv_bwd)(const sp_conv_bwd_args* a, int64_t u0, int64_t u1
     const SP_FN(sp_cw_bwd_tile_t)(*tiles)[SP_CONV_MAX_NC] =
         with_dx ? SP_FN(sp_cw_bwdx_tiles) : SP_FN(sp_cw_bwdw_tiles);
 
+    /* register budget of a tile: the larger one when the task's lists hold
+     * fewer than 16 weights on average (see SP_CW_BWD_ACC_FEW) */
+    int acc = SP_CW_BWD_ACC;
     { /* this task's dW partials: the lists of its input channels */
         const int64_t kb = lptr[c0 * ncls], ke = lptr[c1 * ncls];
         memset(dwv + kb * L, 0, (size_t)((ke - kb) * L) * sizeof(SP_T));
+        if (ke - kb < 16 * (c1 - c0) * ncls)
+            acc = SP_CW_BWD_ACC_FEW;
     }
     if (u0 >= u1)
         return;
@@ -802,48 +831,39 @@ static void SP_FN(sp_conv_bwd)(const sp_conv_bwd_args* a, int64_t u0, int64_t u1
                 const int64_t b_lo = SP_MAX(0, -SP_FN(sp_cw_floordiv)(wph - g->pl, sw));
                 const int64_t b_hi = SP_FN(sp_cw_floordiv)(g->pl + g->W - 1 - wph, sw);
                 int Rw, NCw;
-                sp_conv_pick_tile(b_hi - b_lo + 1, cv, SP_CW_BWD_ACC, &Rw, &NCw);
+                sp_conv_pick_tile(b_hi - b_lo + 1, cv, acc, &Rw, &NCw);
                 R = SP_MIN(R, Rw);
             }
             for (int64_t a0 = a_lo; a0 <= a_hi; a0 += R) {
                 const int r = (int)SP_MIN((int64_t)R, a_hi - a0 + 1);
                 for (int64_t wph = 0; wph < sw; wph++) {
                     /* this phase's columns of the image and its tile width
-                     * (the same for every channel: out of the channel loop) */
+                     * (the same for every channel) */
                     const int64_t b_lo = SP_MAX(0, -SP_FN(sp_cw_floordiv)(wph - g->pl, sw));
                     const int64_t b_hi = SP_FN(sp_cw_floordiv)(g->pl + g->W - 1 - wph, sw);
                     if (b_lo > b_hi)
                         continue;
                     int Rw, NC;
-                    sp_conv_pick_tile(b_hi - b_lo + 1, cv, SP_CW_BWD_ACC, &Rw, &NC);
-                    for (int64_t c = c0; c < c1; c++) {
-                        if (direct && c + SP_CW_BWD_PFD < c1)
-                            SP_FN(sp_cw_bwd_prefetch)(a, u, c + SP_CW_BWD_PFD,
-                                                      a0 * sh + rph - g->pt, r, sh, with_dx);
-                        const int64_t cls = (c * sh + rph) * sw + wph;
-                        const int64_t k0 = lptr[cls], n = lptr[cls + 1] - k0;
-                        if (n == 0 && !with_dx)
-                            continue;
-                        for (int64_t q0 = b_lo; q0 <= b_hi; q0 += NC * cv) {
-                            const int nc = (int)SP_MIN((int64_t)NC, (b_hi - q0 + cv) / cv);
-                            const int64_t delta = a0 * dyrs + q0 * U - shift;
-                            if (direct) {
-                                /* image row a0*sh + rph - pt, column q0 - pl */
-                                const int64_t h = a0 * sh + rph - g->pt, w = q0 - g->pl;
-                                tiles[r - 1][nc - 1](
-                                    (const SP_T*)a->X + u * a->sxb + c * a->sxc + h * a->sxh + w,
-                                    with_dx ? (SP_T*)a->dX + u * sdb + c * sdc + h * g->W + w
-                                            : NULL,
-                                    sh * a->sxh, sh * g->W, dybuf, dyrs, dyoff + k0, delta,
-                                    vals + k0, n, dwv + k0 * L);
-                                continue;
-                            }
-                            const int64_t xo = (c - c0) * g->plane_x +
-                                               (a0 * sh + rph) * g->rowlen_x +
-                                               (wph * g->Wq + q0) * U;
-                            tiles[r - 1][nc - 1](xbuf + xo, with_dx ? dxbuf + xo : NULL, xrs,
-                                                 xrs, dybuf, dyrs, dyoff + k0, delta, vals + k0,
-                                                 n, dwv + k0 * L);
+                    sp_conv_pick_tile(b_hi - b_lo + 1, cv, acc, &Rw, &NC);
+                    const int64_t* lp = lptr + (c0 * sh + rph) * sw + wph; /* channel c0's list */
+                    for (int64_t q0 = b_lo; q0 <= b_hi; q0 += NC * cv) {
+                        const int nc = (int)SP_MIN((int64_t)NC, (b_hi - q0 + cv) / cv);
+                        const int64_t delta = a0 * dyrs + q0 * U - shift;
+                        if (direct) {
+                            /* image row a0*sh + rph - pt, column q0 - pl */
+                            const int64_t h = a0 * sh + rph - g->pt, w = q0 - g->pl;
+                            tiles[r - 1][nc - 1](
+                                (const SP_T*)a->X + u * a->sxb + c0 * a->sxc + h * a->sxh + w,
+                                a->sxc,
+                                with_dx ? (SP_T*)a->dX + u * sdb + c0 * sdc + h * g->W + w : NULL,
+                                sdc, sh * a->sxh, sh * g->W, dybuf, dyrs, dyoff, delta, vals, dwv,
+                                lp, ncls, c1 - c0, 1);
+                        } else {
+                            const int64_t xo = (a0 * sh + rph) * g->rowlen_x + (wph * g->Wq + q0) * U;
+                            tiles[r - 1][nc - 1](xbuf + xo, g->plane_x,
+                                                 with_dx ? dxbuf + xo : NULL, g->plane_x, xrs, xrs,
+                                                 dybuf, dyrs, dyoff, delta, vals, dwv, lp, ncls,
+                                                 c1 - c0, 0);
                         }
                     }
                 }
@@ -903,6 +923,7 @@ static void SP_FN(sp_conv_gather)(const void* data_, const int64_t* perm, void* 
 #undef SP_CW_MSTORE
 #undef SP_CW_FWD_ACC
 #undef SP_CW_BWD_ACC
+#undef SP_CW_BWD_ACC_FEW
 #undef SP_CW_DEF
 #undef SP_CW_DEF_ROW
 #undef SP_CW_PICK
