@@ -29,7 +29,9 @@
  *     output channel) and input channels are cut into blocks whose band rows
  *     fit in L1, each (output channel, block) slice of the weights found
  *     through the paper's per-(oc, ic) offsets; partial tiles then live in a
- *     band buffer;
+ *     band buffer.  Unblocked over-width rows of whole vectors: one tile call
+ *     walks all of the task's output channels (56x56 and 1x1 layers at 0.99:
+ *     5-10% faster; at 0.9-0.95 within noise);
  *   - backward (input-stationary, fused): for each input channel and each
  *     (row phase, column phase) class, a tile of R x NC input vectors keeps X
  *     and the dX accumulators in registers; every stored weight of that

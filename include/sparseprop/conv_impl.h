@@ -221,9 +221,39 @@ SP_ALWAYS_INLINE void SP_FN(sp_cw_bwd_run)(const SP_T* SP_RESTRICT xb, int64_t s
     }
 }
 
+/* Over-width forward: the same tile position of nout output channels, one
+ * after the other (the call and its setup cost as much as a tile of ~6
+ * weights at 0.99 sparsity).  Channel j: weights [och[j], och[j+1]), start
+ * bias[j] (or 0 without bias), output at out + j*ops with rows ors apart,
+ * written whole (every vector inside the row); streamed when `stream` and the
+ * channel has at most SP_CONV_STREAM_MAX_NNZ weights.  Returns whether any
+ * tile was streamed (the caller fences). */
+SP_ALWAYS_INLINE int SP_FN(sp_cw_fwd_run)(const SP_T* SP_RESTRICT xb, int64_t xrs,
+                                          const int64_t* SP_RESTRICT off, int64_t delta,
+                                          const SP_T* SP_RESTRICT vals,
+                                          const int64_t* SP_RESTRICT och,
+                                          const SP_T* SP_RESTRICT bias, int64_t nout,
+                                          SP_T* SP_RESTRICT out, int64_t ops, int64_t ors,
+                                          int stream, const int R, const int NC)
+{
+    int streamed = 0;
+    for (int64_t j = 0; j < nout; j++) {
+        const int64_t k0 = och[j], n = och[j + 1] - k0;
+        const int st = stream && n <= SP_CONV_STREAM_MAX_NNZ;
+        streamed |= st;
+        SP_FN(sp_cw_fwd_body)(xb, xrs, off + k0, delta, vals + k0, n, bias ? bias[j] : (SP_T)0,
+                              st ? SP_CW_STREAM_OUT : SP_CW_OVERWRITE, out + j * ops, ors, R,
+                              NC);
+    }
+    return streamed;
+}
+
 /* ---- one function per tile shape, in tables indexed [R-1][NC-1] ---------- */
 typedef void (*SP_FN(sp_cw_fwd_tile_t))(const SP_T*, int64_t, const int64_t*, int64_t,
                                         const SP_T*, int64_t, SP_T, int, SP_T*, int64_t);
+typedef int (*SP_FN(sp_cw_fwd_run_t))(const SP_T*, int64_t, const int64_t*, int64_t,
+                                      const SP_T*, const int64_t*, const SP_T*, int64_t, SP_T*,
+                                      int64_t, int64_t, int);
 typedef void (*SP_FN(sp_cw_bwd_tile_t))(const SP_T*, int64_t, SP_T*, int64_t, int64_t, int64_t,
                                         const SP_T*, int64_t, const int64_t*, int64_t,
                                         const SP_T*, SP_T*, const int64_t*, int64_t, int64_t,
@@ -235,6 +265,15 @@ typedef void (*SP_FN(sp_cw_bwd_tile_t))(const SP_T*, int64_t, SP_T*, int64_t, in
                                             SP_T init, int acc, SP_T* out, int64_t ors)         \
     {                                                                                           \
         SP_FN(sp_cw_fwd_body)(xb, xrs, off, delta, vals, n, init, acc, out, ors, R, NC);        \
+    }                                                                                           \
+    static int SP_FN(sp_cw_fwdrun_##R##x##NC)(const SP_T* xb, int64_t xrs, const int64_t* off,  \
+                                              int64_t delta, const SP_T* vals,                 \
+                                              const int64_t* och, const SP_T* bias,            \
+                                              int64_t nout, SP_T* out, int64_t ops,            \
+                                              int64_t ors, int stream)                         \
+    {                                                                                           \
+        return SP_FN(sp_cw_fwd_run)(xb, xrs, off, delta, vals, och, bias, nout, out, ops, ors,  \
+                                    stream, R, NC);                                             \
     }                                                                                           \
     static void SP_FN(sp_cw_bwdx_##R##x##NC)(                                                 \
         const SP_T* xb, int64_t sxc, SP_T* dxb, int64_t sdc, int64_t xrs, int64_t dxrs,         \
@@ -277,6 +316,8 @@ SP_CW_DEF_ROW(7)
 
 static const SP_FN(sp_cw_fwd_tile_t) SP_FN(sp_cw_fwd_tiles)[SP_CONV_MAX_R][SP_CONV_MAX_NC] =
     SP_CW_TABLE(fwd, SP_CW_FWD_ACC);
+static const SP_FN(sp_cw_fwd_run_t) SP_FN(sp_cw_fwdrun_tiles)[SP_CONV_MAX_R][SP_CONV_MAX_NC] =
+    SP_CW_TABLE(fwdrun, SP_CW_FWD_ACC);
 static const SP_FN(sp_cw_bwd_tile_t) SP_FN(sp_cw_bwdx_tiles)[SP_CONV_MAX_R][SP_CONV_MAX_NC] =
     SP_CW_TABLE(bwdx, SP_CW_BWD_ACC_FEW);
 static const SP_FN(sp_cw_bwd_tile_t) SP_FN(sp_cw_bwdw_tiles)[SP_CONV_MAX_R][SP_CONV_MAX_NC] =
@@ -713,6 +754,18 @@ static void SP_FN(sp_conv_fwd)(const sp_conv_fwd_args* a, int64_t u0, int64_t u1
                     }
                     for (int rr = 0; rr < r; rr++, yrow += OW, bo += brow)
                         SP_FN(sp_cw_copy)(bo, OW, yrow);
+                }
+                continue;
+            }
+            if (!g->batch_last && OW % L == 0) {
+                /* rows of whole vectors: each tile call walks all of the
+                 * task's output channels */
+                for (int64_t q0 = 0; q0 < OW; q0 += NC * cv) {
+                    const int nc = (int)SP_MIN((int64_t)NC, (OW - q0) / cv);
+                    SP_T* out = Y + ((b0 * OC + o0) * OH + p0) * OW + q0;
+                    streamed |= SP_FN(sp_cw_fwdrun_tiles)[r - 1][nc - 1](
+                        xbuf, xrs, xoff, p0 * xrs + q0 * U - shift, vals, och + o0,
+                        bias ? bias + o0 : NULL, o1 - o0, out, OH * OW, OW, stream_y);
                 }
                 continue;
             }
