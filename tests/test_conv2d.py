@@ -575,8 +575,8 @@ def test_torch_tensors_are_pointed_to_the_facade():
 # The over-width backward reads X and writes dX in place (no packed copies)
 # when the column stride is 1 and a row is whole vectors (width a multiple of
 # 8 float32 / 4 float64 lanes; the scalar path: any width).  Its cases: row
-# strides, row phases, dilation, groups, padding that leaves rows out, and
-# inputs whose rows are not width apart.
+# strides, row phases, dilation, groups, padding that leaves rows out, inputs
+# whose rows are not width apart and a read-only input broadcast over the batch.
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("width,stride,padding,dilation,groups,layout", [
@@ -586,6 +586,7 @@ def test_torch_tensors_are_pointed_to_the_facade():
     (32, 1, (2, 1), (1, 2), 1, "wide rows"),
     (16, (2, 1), 1, 1, 2, "reversed rows"),
     (8, 1, 0, 1, 4, "depthwise"),
+    (16, 1, 1, 1, 1, "broadcast batch"),
 ])
 def test_in_place_over_width_backward(width, stride, padding, dilation, groups, layout, dtype,
                                       n_threads, rng):
@@ -594,6 +595,8 @@ def test_in_place_over_width_backward(width, stride, padding, dilation, groups, 
         X = rng.standard_normal((B, C, H, width + 5)).astype(dtype)[..., :width]
     elif layout == "reversed rows":
         X = rng.standard_normal((B, C, H, width)).astype(dtype)[:, :, ::-1]
+    elif layout == "broadcast batch":  # batch stride 0, read-only
+        X = np.broadcast_to(rng.standard_normal((C, H, width)).astype(dtype), (B, C, H, width))
     else:
         X = rng.standard_normal((B, C, H, width)).astype(dtype)
     OC = C if layout == "depthwise" else 6

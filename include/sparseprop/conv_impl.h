@@ -259,6 +259,16 @@ typedef void (*SP_FN(sp_cw_bwd_tile_t))(const SP_T*, int64_t, SP_T*, int64_t, in
                                         const SP_T*, SP_T*, const int64_t*, int64_t, int64_t,
                                         int);
 
+/* kind: bwdx (with dX) or bwdw (dW only, with_dx 0) */
+#define SP_CW_DEF_BWD(kind, R, NC, with_dx)                                                     \
+    static void SP_FN(sp_cw_##kind##_##R##x##NC)(                                               \
+        const SP_T* xb, int64_t sxc, SP_T* dxb, int64_t sdc, int64_t xrs, int64_t dxrs,         \
+        const SP_T* dyb, int64_t dyrs, const int64_t* off, int64_t delta, const SP_T* vals,     \
+        SP_T* dwv, const int64_t* lp, int64_t ls, int64_t nch, int pf)                          \
+    {                                                                                           \
+        SP_FN(sp_cw_bwd_run)(xb, sxc, dxb, sdc, xrs, dxrs, dyb, dyrs, off, delta, vals, dwv, lp, \
+                             ls, nch, pf, R, NC, with_dx);                                      \
+    }
 #define SP_CW_DEF(R, NC)                                                                        \
     static void SP_FN(sp_cw_fwd_##R##x##NC)(const SP_T* xb, int64_t xrs, const int64_t* off,    \
                                             int64_t delta, const SP_T* vals, int64_t n,         \
@@ -275,22 +285,7 @@ typedef void (*SP_FN(sp_cw_bwd_tile_t))(const SP_T*, int64_t, SP_T*, int64_t, in
         return SP_FN(sp_cw_fwd_run)(xb, xrs, off, delta, vals, och, bias, nout, out, ops, ors,  \
                                     stream, R, NC);                                             \
     }                                                                                           \
-    static void SP_FN(sp_cw_bwdx_##R##x##NC)(                                                 \
-        const SP_T* xb, int64_t sxc, SP_T* dxb, int64_t sdc, int64_t xrs, int64_t dxrs,         \
-        const SP_T* dyb, int64_t dyrs, const int64_t* off, int64_t delta, const SP_T* vals,     \
-        SP_T* dwv, const int64_t* lp, int64_t ls, int64_t nch, int pf)                          \
-    {                                                                                           \
-        SP_FN(sp_cw_bwd_run)(xb, sxc, dxb, sdc, xrs, dxrs, dyb, dyrs, off, delta, vals, dwv, lp, \
-                             ls, nch, pf, R, NC, 1);                                          \
-    }                                                                                           \
-    static void SP_FN(sp_cw_bwdw_##R##x##NC)(                                                 \
-        const SP_T* xb, int64_t sxc, SP_T* dxb, int64_t sdc, int64_t xrs, int64_t dxrs,         \
-        const SP_T* dyb, int64_t dyrs, const int64_t* off, int64_t delta, const SP_T* vals,     \
-        SP_T* dwv, const int64_t* lp, int64_t ls, int64_t nch, int pf)                          \
-    {                                                                                           \
-        SP_FN(sp_cw_bwd_run)(xb, sxc, dxb, sdc, xrs, dxrs, dyb, dyrs, off, delta, vals, dwv, lp, \
-                             ls, nch, pf, R, NC, 0);                                          \
-    }
+    SP_CW_DEF_BWD(bwdx, R, NC, 1) SP_CW_DEF_BWD(bwdw, R, NC, 0)
 #define SP_CW_DEF_ROW(R)                                                                        \
     SP_CW_DEF(R, 1) SP_CW_DEF(R, 2) SP_CW_DEF(R, 3) SP_CW_DEF(R, 4) SP_CW_DEF(R, 5)            \
     SP_CW_DEF(R, 6) SP_CW_DEF(R, 7)
@@ -912,7 +907,8 @@ static void SP_FN(sp_conv_bwd)(const sp_conv_bwd_args* a, int64_t u0, int64_t u1
                                 sdc, sh * a->sxh, sh * g->W, dybuf, dyrs, dyoff, delta, vals, dwv,
                                 lp, ncls, c1 - c0, 1);
                         } else {
-                            const int64_t xo = (a0 * sh + rph) * g->rowlen_x + (wph * g->Wq + q0) * U;
+                            const int64_t xo =
+                                (a0 * sh + rph) * g->rowlen_x + (wph * g->Wq + q0) * U;
                             tiles[r - 1][nc - 1](xbuf + xo, g->plane_x,
                                                  with_dx ? dxbuf + xo : NULL, g->plane_x, xrs, xrs,
                                                  dybuf, dyrs, dyoff, delta, vals, dwv, lp, ncls,
@@ -978,6 +974,7 @@ static void SP_FN(sp_conv_gather)(const void* data_, const int64_t* perm, void* 
 #undef SP_CW_BWD_ACC
 #undef SP_CW_BWD_ACC_FEW
 #undef SP_CW_DEF
+#undef SP_CW_DEF_BWD
 #undef SP_CW_DEF_ROW
 #undef SP_CW_PICK
 #undef SP_CW_ROW
