@@ -25,7 +25,7 @@ What it writes under ``benchmarks/results/``:
 * ``layers.md`` and ``e2e.md`` - the same numbers as markdown tables;
   the README's ``<!-- LINEAR -->``, ``<!-- CONV -->`` and ``<!-- E2E -->``
   blocks are rewritten from them (a summary of the conv sweep: "auto" only).
-Took 11 minutes on a quiet 2-core machine (layer sweeps 1.5, end-to-end 9.5);
+Took 12-13 minutes on a quiet 2-core machine (layer sweeps 1.5, end-to-end 11);
 several times that when other jobs share the cores.
 """
 import argparse
