@@ -30,8 +30,8 @@
  *     fit in L1, each (output channel, block) slice of the weights found
  *     through the paper's per-(oc, ic) offsets; partial tiles then live in a
  *     band buffer.  Unblocked over-width rows of whole vectors: one tile call
- *     walks all of the task's output channels (56x56 and 1x1 layers at 0.99:
- *     5-10% faster; at 0.9-0.95 within noise);
+ *     walks all of the task's output channels (0.99 sparsity: 56x56 layer
+ *     at 2 threads 7% faster, 1x1 at 1 thread 10-13%; 0.9-0.95 within noise);
  *   - backward (input-stationary, fused): for each input channel and each
  *     (row phase, column phase) class, a tile of R x NC input vectors keeps X
  *     and the dX accumulators in registers; every stored weight of that

@@ -46,8 +46,8 @@
 #define SP_CW_BWD_ACC 12 /* X and dX tiles: 24, + 2 dW chains + dY + w */
 /* With few weights per tile the per-tile costs (loading X, storing dX, the
  * loop) weigh more than the two X vectors gcc then keeps on the stack: 56x56
- * layer, one core, 0.99 sparsity (~6 weights per list) 7.4 -> 6.9 ms, but
- * 0.9 (~58) 23.9 -> 24.9 ms. */
+ * layer, one core, budget 12 vs 14 (three alternating rounds, medians): 0.99
+ * sparsity (~6 weights per list) 7.5 -> 6.7 ms, but 0.9 (~58) 24.0 -> 24.9 ms. */
 #define SP_CW_BWD_ACC_FEW 14
 #else
 #define SP_CW_FWD_ACC 12 /* of 16 registers */

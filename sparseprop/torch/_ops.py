@@ -19,9 +19,8 @@ Eager fast path.  Calling a custom op that has autograd attached goes through
 the dispatcher and torch's generated autograd wrapper twice per pass; for a
 16x16 layer that cost 0.27 ms per forward + backward against 0.02 ms for
 the two NumPy calls (torch 2.13.0, one core; dense nn.Linear: 0.07 ms); the
-Functions below take 0.20 ms (benchmarks/bench_torch.py).  So, in plain
-eager execution, the layers
-call :class:`EagerLinear` / :class:`EagerConv2d` instead: ordinary
+Functions below take 0.20 ms (benchmarks/bench_torch.py).  So, in plain eager
+execution, the layers call :class:`EagerLinear` / :class:`EagerConv2d` instead: ordinary
 ``torch.autograd.Function`` s around the *same* implementation functions and
 the same gradient formulas the ops use.  :func:`eager_path_ok` says when that
 is safe; under ``torch.compile``, ``torch.jit`` tracing, dispatch modes
