@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The 1-16 thread curve of issue 5 (item 3) on a machine with more cores than
+# this project's 2-core box: the linear layer and the four conv layers, sparse
+# vs dense torch at each thread count, in the same process run.
+#
+# Written for a lent machine without network: its preinstalled python3 holds
+# numpy and torch; the build tools this checkout needs (meson-python,
+# pyproject-metadata, meson, Cython - the versions of our dev venv) come as
+# wheels in ./.whl (see the pip download line in the last session note).
+# Builds sparseprop (16 jobs), prints `python -m sparseprop info`, runs
+#   bench_linear.py --threads 1 2 4 8 16 (sparsity 0.8 0.9 0.95 0.98 0.99)
+#   bench_conv.py   --threads 1 2 4 8 16 (four layers, 0.8 0.9 0.95 0.99, auto;
+#                    56x56 also with both algorithms)
+# and copies the JSON results and the logs to $OUT (default /tmp/many_core).
+# Takes about 2 minutes on 2 cores with THREADS="1 2"; 4-6 minutes there.
+set -uo pipefail
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+OUT="${OUT:-/tmp/many_core}"
+THREADS="${THREADS:-1 2 4 8 16}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+{ nproc; lscpu; } > "$OUT/lscpu.txt" 2>&1
+if compgen -G "$REPO/.whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --upgrade --target /tmp/site "$REPO"/.whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site PATH="/tmp/site/bin:$PATH"
+fi
+start=$(date +%s)
+MAKEFLAGS=-j16 python3 -m pip install -q --no-index --no-deps --no-build-isolation \
+    --target /tmp/sp "$REPO" > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+echo "# build: $(( $(date +%s) - start )) s"
+export PYTHONPATH="/tmp/sp${PYTHONPATH:+:$PYTHONPATH}"
+cd /tmp || exit 1
+python3 -m sparseprop info 2>&1 | tee "$OUT/info.txt"
+python3 -c "import threadpoolctl, torch, sparseprop, pprint; \
+pprint.pprint(threadpoolctl.threadpool_info())" > "$OUT/threadpools.txt" 2>&1
+# shellcheck disable=SC2086
+python3 "$REPO/benchmarks/bench_linear.py" --threads $THREADS \
+    --sparsities 0.8 0.9 0.95 0.98 0.99 --repeats 7 --out linear_16core 2>&1 | tee "$OUT/linear.log"
+cp "$REPO/benchmarks/results/linear_16core.json" "$OUT/" 2>/dev/null
+# shellcheck disable=SC2086
+python3 "$REPO/benchmarks/bench_conv.py" --threads $THREADS --layers 56x56 \
+    --sparsities 0.8 0.9 0.95 0.99 --algorithms auto batch_last over_width --repeats 7 \
+    --out conv_16core_56x56 2>&1 | tee "$OUT/conv56.log"
+cp "$REPO/benchmarks/results/conv_16core_56x56.json" "$OUT/" 2>/dev/null
+# shellcheck disable=SC2086
+python3 "$REPO/benchmarks/bench_conv.py" --threads $THREADS --layers 7x7 56x56s2 1x1 \
+    --sparsities 0.8 0.9 0.95 0.99 --algorithms auto --repeats 7 \
+    --out conv_16core_others 2>&1 | tee "$OUT/conv_others.log"
+cp "$REPO/benchmarks/results/conv_16core_others.json" "$OUT/" 2>/dev/null
+echo "# total: $(( $(date +%s) - start )) s"
