@@ -5,8 +5,12 @@
 #
 # Written for a lent machine without network: its preinstalled python3 holds
 # numpy and torch; the build tools this checkout needs (meson-python,
-# pyproject-metadata, meson, Cython - the versions of our dev venv) come as
-# wheels in ./.whl (see the pip download line in the last session note).
+# pyproject-metadata, meson, Cython) come as wheels in ./.whl, fetched where
+# pip works with (python version and platform of the target machine):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#       --implementation cp --platform manylinux_2_28_x86_64 \
+#       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#       meson-python==0.22.1 pyproject-metadata==0.12.1 meson==1.12.1 Cython==3.3.1
 # Builds sparseprop (16 jobs), prints `python -m sparseprop info`, runs
 #   bench_linear.py --threads 1 2 4 8 16 (sparsity 0.8 0.9 0.95 0.98 0.99)
 #   bench_conv.py   --threads 1 2 4 8 16 (four layers, 0.8 0.9 0.95 0.99, auto;
