@@ -16,11 +16,16 @@
 #   bench_conv.py   --threads 1 2 4 8 16 (four layers, 0.8 0.9 0.95 0.99, auto;
 #                    56x56 also with both algorithms)
 # and copies the JSON results and the logs to $OUT (default /tmp/many_core).
+# PARTS (default "layers") picks what runs after the build: "layers" (the two
+# benchmarks above) and/or "e2e": examples/paper_speed.py for BERT-base 97%
+# at 2 threads with its profile, then the default models at 16 threads
+# (--no-memory; `transformers` must be installed there), JSON in $OUT.
 # Takes about 2 minutes on 2 cores with THREADS="1 2", under 3 on the 16-core Xeon.
 set -uo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="${OUT:-/tmp/many_core}"
 THREADS="${THREADS:-1 2 4 8 16}"
+PARTS="${PARTS:-layers}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 { nproc; lscpu; } > "$OUT/lscpu.txt" 2>&1
@@ -38,6 +43,7 @@ cd /tmp || exit 1
 python3 -m sparseprop info 2>&1 | tee "$OUT/info.txt"
 python3 -c "import threadpoolctl, torch, sparseprop, pprint; \
 pprint.pprint(threadpoolctl.threadpool_info())" > "$OUT/threadpools.txt" 2>&1
+if [[ " $PARTS " == *" layers "* ]]; then
 # shellcheck disable=SC2086
 python3 "$REPO/benchmarks/bench_linear.py" --threads $THREADS \
     --sparsities 0.8 0.9 0.95 0.98 0.99 --repeats 7 --out linear_16core 2>&1 | tee "$OUT/linear.log"
@@ -52,4 +58,11 @@ python3 "$REPO/benchmarks/bench_conv.py" --threads $THREADS --layers 7x7 56x56s2
     --sparsities 0.8 0.9 0.95 0.99 --algorithms auto --repeats 7 \
     --out conv_16core_others 2>&1 | tee "$OUT/conv_others.log"
 cp "$REPO/benchmarks/results/conv_16core_others.json" "$OUT/" 2>/dev/null
+fi
+if [[ " $PARTS " == *" e2e "* ]]; then
+    python3 "$REPO/examples/paper_speed.py" --models bert --sparsities 0.97 --threads 2 \
+        --profile --no-memory --json "$OUT/e2e_bert97_2threads.json" 2>&1 | tee "$OUT/e2e_bert.log"
+    python3 "$REPO/examples/paper_speed.py" --threads 16 --no-memory \
+        --json "$OUT/e2e_16threads.json" 2>&1 | tee "$OUT/e2e_16.log"
+fi
 echo "# total: $(( $(date +%s) - start )) s"
