@@ -276,9 +276,16 @@ def e2e_markdown(e2e):
     load = ""
     if e2e.get("loadavg_1min_start") is not None:
         load = f", 1-min load {e2e['loadavg_1min_start']:.1f}-{e2e['loadavg_1min_end']:.1f}"
+    timing = e2e.get("timing")
+    if timing and timing["block"] > 1:
+        how = (f"medians of {timing['timed_steps']} steps per model, run in blocks of "
+               f"{timing['block']} consecutive steps that alternate between the models, the "
+               "first step of each block untimed")
+    else:
+        how = "medians of interleaved steps"
     head = (f"End-to-end training step, {e2e.get('cpu', 'CPU')}, {e2e.get('cores')} cores, "
             f"ISA {e2e.get('isa')}, torch {e2e.get('torch')}{load}; speedup = dense step "
-            "time / sparse step time (medians of interleaved steps, same run); peak = "
+            f"time / sparse step time ({how}, same run); peak = "
             "resident-set high-water mark of one step in a fresh process.\n\n")
     out = head + paper_speed.markdown_table(e2e["rows"]) + "\n"
     prof = [r for r in e2e["rows"] if r.get("profile_ms")]

@@ -6,6 +6,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import run_python
@@ -182,8 +183,11 @@ def test_example_paper_speed(tmp_path):
     path = tmp_path / "e2e.json"
     out = _run([str(EXAMPLES / "paper_speed.py"), "--image-size", "32", "--seq-len", "8",
                 "--bert-layers", "1", "--batch", "2", "--steps", "1", "--warmup", "1",
-                "--threads", "1", "--no-autotune", "--profile", "--json", str(path)], tmp_path)
-    rows = json.loads(path.read_text())["rows"]
+                "--block", "2", "--threads", "1", "--no-autotune", "--profile", "--json",
+                str(path)], tmp_path)
+    result = json.loads(path.read_text())
+    assert result["timing"] == {"block": 2, "warmup_blocks": 1, "timed_steps": 1}
+    rows = result["rows"]
     assert [(r["model"], r["sparsity"]) for r in rows] == [
         ("resnet18", 0.95), ("resnet50", 0.97), ("bert", 0.9), ("bert", 0.97)]
     for r in rows:
@@ -196,6 +200,57 @@ def test_example_paper_speed(tmp_path):
     assert rows[1]["pruned_layers"] == 52  # ResNet50: 16 blocks x 3 convs + 4 downsamples
     assert rows[2]["pruned_layers"] == 6   # one BERT layer: Q, K, V, O, intermediate, output
     assert "| resnet18 | 2 | 1 | 95% |" in out
+
+
+@pytest.mark.parametrize("block,steps,warmup", [(3, 6, 1), (3, 5, 0), (2, 3, 2), (1, 4, 1)])
+def test_paper_speed_times_steps_in_blocks(monkeypatch, block, steps, warmup):
+    # The timing protocol of paper_speed.measure, with the models and the
+    # step replaced by fakes: models take turns in blocks of `block` steps,
+    # the first step of a block is never timed (unless block == 1), `warmup`
+    # blocks per model come first, and exactly `steps` steps are timed.
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import paper_speed
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    calls = []
+
+    def fake_build(*args, **kwargs):
+        return "dense", lambda batch, gen: (("x", batch), "y"), lambda params: None, None, []
+
+    class Model:
+        def __init__(self, name):
+            self.name = name
+
+        def train(self):
+            pass
+
+        def parameters(self):
+            return []
+
+    monkeypatch.setattr(paper_speed, "build", lambda *a, **k: (
+        Model("dense"),) + fake_build()[1:])
+    monkeypatch.setattr(paper_speed, "make_sparse", lambda dense, names, s, ex, auto: (
+        Model(f"sparse{s}"), type("Report", (), {"converted": []})()))
+
+    def fake_step(model, opt, loss_fn, inputs, y):
+        calls.append(model.name)
+        return (0.001 * len(calls), 0.0, 0.0)  # the call's number, as its "time"
+
+    monkeypatch.setattr(paper_speed, "timed_step", fake_step)
+    med, _, _ = paper_speed.measure("resnet18", 2, [0.9], steps=steps, warmup=warmup,
+                                    autotune=False, image_size=32, seq_len=8, bert_layers=1,
+                                    block=block, log=lambda *a: None)
+    blocks = -(-steps // max(1, block - 1)) + warmup
+    assert calls == (["dense"] * block + ["sparse0.9"] * block) * blocks
+    # the timed calls of each model: which call numbers the medians came from
+    timed = {name: [i + 1 for i, c in enumerate(calls) if c == name and
+                    (i % block > 0 or block == 1) and i // (2 * block) >= warmup]
+             for name in ("dense", "sparse0.9")}
+    for name, key in (("dense", "dense"), ("sparse0.9", 0.9)):
+        expect = timed[name][:steps]
+        assert len(expect) == steps
+        assert med[key][0] == pytest.approx(0.001 * float(np.median(expect)))
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="examples/ is run from the source tree")
