@@ -25,7 +25,8 @@ What it writes under ``benchmarks/results/``:
 * ``layers.md`` and ``e2e.md`` - the same numbers as markdown tables;
   the README's ``<!-- LINEAR -->``, ``<!-- CONV -->`` and ``<!-- E2E -->``
   blocks are rewritten from them (a summary of the conv sweep: "auto" only).
-Took 12-13 minutes on a quiet 2-core machine (layer sweeps 1.5, end-to-end 11);
+Took 16-17 minutes on a quiet 2-core machine (layer sweeps 2, end-to-end 14:
+its steps run in blocks, see examples/paper_speed.py);
 several times that when other jobs share the cores.
 """
 import argparse

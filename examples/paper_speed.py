@@ -42,8 +42,10 @@ What it shows
     at batch 4 and 8.  ``--profile`` adds a breakdown of one sparse and one
     dense step (sparseprop kernels vs the rest) with torch.profiler.
 How long
-    Default run: about 5 minutes per thread count on 2 cores (ResNet50's
-    dense step alone is several seconds).  ``--full``: about an hour.
+    Default run on 2 cores: about 9 minutes at 1 thread, 6 at 2 (ResNet50's
+    dense step alone is several seconds; 12 steps per model: one warm-up
+    block of 3, then 3 blocks of which 6 steps are timed).  ``--full``:
+    1.5-2 hours (estimated from the default run, not timed).
     Tiny settings for a smoke test: ``--image-size 32 --seq-len 16
     --steps 1 --warmup 1 --models resnet18 bert --bert-layers 1``.
 Needs
