@@ -44,20 +44,20 @@ python3 -m sparseprop info 2>&1 | tee "$OUT/info.txt"
 python3 -c "import threadpoolctl, torch, sparseprop, pprint; \
 pprint.pprint(threadpoolctl.threadpool_info())" > "$OUT/threadpools.txt" 2>&1
 if [[ " $PARTS " == *" layers "* ]]; then
-# shellcheck disable=SC2086
-python3 "$REPO/benchmarks/bench_linear.py" --threads $THREADS \
-    --sparsities 0.8 0.9 0.95 0.98 0.99 --repeats 7 --out linear_16core 2>&1 | tee "$OUT/linear.log"
-cp "$REPO/benchmarks/results/linear_16core.json" "$OUT/" 2>/dev/null
-# shellcheck disable=SC2086
-python3 "$REPO/benchmarks/bench_conv.py" --threads $THREADS --layers 56x56 \
-    --sparsities 0.8 0.9 0.95 0.99 --algorithms auto batch_last over_width --repeats 7 \
-    --out conv_16core_56x56 2>&1 | tee "$OUT/conv56.log"
-cp "$REPO/benchmarks/results/conv_16core_56x56.json" "$OUT/" 2>/dev/null
-# shellcheck disable=SC2086
-python3 "$REPO/benchmarks/bench_conv.py" --threads $THREADS --layers 7x7 56x56s2 1x1 \
-    --sparsities 0.8 0.9 0.95 0.99 --algorithms auto --repeats 7 \
-    --out conv_16core_others 2>&1 | tee "$OUT/conv_others.log"
-cp "$REPO/benchmarks/results/conv_16core_others.json" "$OUT/" 2>/dev/null
+    # shellcheck disable=SC2086
+    python3 "$REPO/benchmarks/bench_linear.py" --threads $THREADS \
+        --sparsities 0.8 0.9 0.95 0.98 0.99 --repeats 7 --out linear_16core 2>&1 | tee "$OUT/linear.log"
+    cp "$REPO/benchmarks/results/linear_16core.json" "$OUT/" 2>/dev/null
+    # shellcheck disable=SC2086
+    python3 "$REPO/benchmarks/bench_conv.py" --threads $THREADS --layers 56x56 \
+        --sparsities 0.8 0.9 0.95 0.99 --algorithms auto batch_last over_width --repeats 7 \
+        --out conv_16core_56x56 2>&1 | tee "$OUT/conv56.log"
+    cp "$REPO/benchmarks/results/conv_16core_56x56.json" "$OUT/" 2>/dev/null
+    # shellcheck disable=SC2086
+    python3 "$REPO/benchmarks/bench_conv.py" --threads $THREADS --layers 7x7 56x56s2 1x1 \
+        --sparsities 0.8 0.9 0.95 0.99 --algorithms auto --repeats 7 \
+        --out conv_16core_others 2>&1 | tee "$OUT/conv_others.log"
+    cp "$REPO/benchmarks/results/conv_16core_others.json" "$OUT/" 2>/dev/null
 fi
 if [[ " $PARTS " == *" e2e "* ]]; then
     python3 "$REPO/examples/paper_speed.py" --models bert --sparsities 0.97 --threads 2 \

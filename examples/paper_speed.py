@@ -196,6 +196,8 @@ def measure(model_name, batch, sparsities, *, steps, warmup, autotune, image_siz
     the sparse step 10% slower than in blocks (521 vs 474 ms) and the dense
     one 4% (1960 vs 1889 ms).
     """
+    if block < 1:
+        raise ValueError(f"block must be at least 1; got {block}")
     dense, make_batch, make_opt, loss_fn, names = build(
         model_name, image_size=image_size, seq_len=seq_len, bert_layers=bert_layers, seed=seed,
         optimizer_impl=optimizer_impl)
@@ -214,8 +216,6 @@ def measure(model_name, batch, sparsities, *, steps, warmup, autotune, image_siz
             f"pruned layers sparse ({time.perf_counter() - t0:.1f} s)")
     for m, _ in variants.values():
         m.train()
-    if block < 1:
-        raise ValueError(f"block must be at least 1; got {block}")
     timed_per_block = max(1, block - 1)
     times = {k: [] for k in variants}
     for r in range(warmup + -(-steps // timed_per_block)):

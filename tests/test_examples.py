@@ -215,9 +215,6 @@ def test_paper_speed_times_steps_in_blocks(monkeypatch, block, steps, warmup):
         sys.path.remove(str(EXAMPLES))
     calls = []
 
-    def fake_build(*args, **kwargs):
-        return "dense", lambda batch, gen: (("x", batch), "y"), lambda params: None, None, []
-
     class Model:
         def __init__(self, name):
             self.name = name
@@ -228,8 +225,9 @@ def test_paper_speed_times_steps_in_blocks(monkeypatch, block, steps, warmup):
         def parameters(self):
             return []
 
+    # build() -> (model, make_batch, make_opt, loss_fn, names)
     monkeypatch.setattr(paper_speed, "build", lambda *a, **k: (
-        Model("dense"),) + fake_build()[1:])
+        Model("dense"), lambda batch, gen: (("x", batch), "y"), lambda params: None, None, []))
     monkeypatch.setattr(paper_speed, "make_sparse", lambda dense, names, s, ex, auto: (
         Model(f"sparse{s}"), type("Report", (), {"converted": []})()))
 
