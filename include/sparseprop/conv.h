@@ -57,6 +57,15 @@
  * input channel, so tasks never write the same element.  Tasks that split
  * the batch keep private dW partials summed afterwards.  No atomics, no
  * barriers inside a pass.
+ * Tasks that split channels each pack the whole input they share (forward:
+ * X; backward: dY).  Packing it once instead - each thread a slice of the
+ * channels into one shared buffer, a barrier, then the tasks - was measured
+ * slower on one 2-core Zen 4 (256x128x3x3 on (8,128,7,7) at 0.99 sparsity, 2
+ * threads: forward 74-80 -> 95-111 us, backward 159-164 -> 171-190 us; the
+ * shared pack phase alone took ~45 / ~80 us, against ~7 / ~12 us for half of
+ * a private pack - likely the cost of writing lines the other core holds).
+ * On a 16-core Xeon such small layers stop scaling past 2-8 threads
+ * (benchmarks/results/many_core.md): the place to look again there.
  *
  * SIMD width: the conv kernels use 256-bit vectors in the AVX-512 region too
  * (with its 32 registers): Zen 4 executes 512-bit FMAs as two 256-bit halves,
