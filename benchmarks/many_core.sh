@@ -19,7 +19,10 @@
 # PARTS (default "layers") picks what runs after the build: "layers" (the two
 # benchmarks above) and/or "e2e": examples/paper_speed.py for BERT-base 97%
 # at 2 threads with its profile, then the default models at 16 threads
-# (--no-memory; `transformers` must be installed there), JSON in $OUT.
+# (--no-memory; `transformers` must be installed there), JSON in $OUT; and/or
+# "wait": the 7x7 conv at 1-16 threads with OMP_WAIT_POLICY unset, =passive
+# and =active (how much of a small call's time at many threads is waking the
+# OpenMP team), logs only.
 # Takes about 2 minutes on 2 cores with THREADS="1 2", under 3 on the 16-core Xeon.
 set -uo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -64,5 +67,15 @@ if [[ " $PARTS " == *" e2e "* ]]; then
         --profile --no-memory --json "$OUT/e2e_bert97_2threads.json" 2>&1 | tee "$OUT/e2e_bert.log"
     python3 "$REPO/examples/paper_speed.py" --threads 16 --no-memory \
         --json "$OUT/e2e_16threads.json" 2>&1 | tee "$OUT/e2e_16.log"
+fi
+if [[ " $PARTS " == *" wait "* ]]; then
+    for policy in unset passive active; do
+        echo "# OMP_WAIT_POLICY=$policy"
+        if [ "$policy" = unset ]; then policy_env=(); else policy_env=(OMP_WAIT_POLICY=$policy); fi
+        # shellcheck disable=SC2086
+        env "${policy_env[@]}" python3 "$REPO/benchmarks/bench_conv.py" --threads $THREADS \
+            --layers 7x7 --sparsities 0.9 0.99 --algorithms auto --repeats 15 --out '' \
+            2>&1 | tee "$OUT/wait_$policy.log"
+    done
 fi
 echo "# total: $(( $(date +%s) - start )) s"
