@@ -77,11 +77,19 @@ def interleaved_times(fns, rounds, warmup=2, clock="wall", stat="median"):
     time: with one thread, torch and sparseprop both compute in the calling
     thread, and time spent descheduled by other processes is not counted.
     ``stat="min"`` keeps each closure's least disturbed round.
+
+    The ``warmup`` rounds are interleaved like the timed ones: the allocator
+    settles into the pattern it will see.  (Warming each closure up on its
+    own left the heap to settle during the timed rounds: on this project's
+    VM, glibc kept returning the 11 MB output of the linear benchmark to the
+    system while torch's calls came in between, and the first touch of fresh
+    pages made sparse forwards at 1 thread take 27-37 ms instead of 8 ms for
+    the first 7 rounds.)
     """
     now = CLOCKS[clock]
     reduce = statistics.median if stat == "median" else min
-    for f in fns.values():
-        for _ in range(warmup):
+    for _ in range(warmup):
+        for f in fns.values():
             f()
     times = {k: [] for k in fns}
     for _ in range(rounds):

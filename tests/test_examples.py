@@ -202,6 +202,27 @@ def test_example_paper_speed(tmp_path):
     assert "| resnet18 | 2 | 1 | 95% |" in out
 
 
+def test_interleaved_times_warms_up_and_times_round_by_round(monkeypatch):
+    # Warm-up rounds run interleaved like the timed ones (dense and sparse see
+    # the same allocator and machine state), and only the timed rounds count.
+    from sparseprop import _bench
+
+    calls, clock = [], iter(range(10**6))
+    monkeypatch.setitem(_bench.CLOCKS, "wall", lambda: next(clock))
+
+    def closure(name, cost):
+        def f():
+            calls.append(name)
+            for _ in range(cost - 1):  # each call lasts `cost` ticks of the fake clock
+                next(clock)
+        return f
+
+    med = _bench.interleaved_times({"a": closure("a", 1), "b": closure("b", 3)}, rounds=3,
+                                   warmup=2)
+    assert calls == ["a", "b"] * 5
+    assert med == {"a": 1, "b": 3}
+
+
 @pytest.mark.parametrize("block,steps,warmup", [(3, 6, 1), (3, 5, 0), (2, 3, 2), (1, 4, 1)])
 def test_paper_speed_times_steps_in_blocks(monkeypatch, block, steps, warmup):
     # The timing protocol of paper_speed.measure, with the models and the
