@@ -3,8 +3,8 @@
 Reads what `bash benchmarks/many_core.sh` wrote on a machine with more cores
 (results/linear_16core.json, results/conv_16core_56x56.json,
 results/conv_16core_others.json) and writes results/many_core.md: for every
-layer and sparsity, sparse and dense milliseconds and the speed-up at each
-thread count, plus each kernel's time at T threads over its time at 1 thread.
+layer and sparsity, the speed-up over dense at each thread count, and the
+time at the largest thread count over the time at 1 thread, sparse and dense.
 
 Run:  python benchmarks/many_core_report.py      (no sparseprop or torch needed)
 """
@@ -32,7 +32,8 @@ def _rows(name):
 
 def curve_table(rows):
     """One line per (layer, sparsity): speed-up fwd / bwd at each thread count,
-    and sparse time at the largest thread count over its 1-thread time."""
+    and the time at the largest thread count over the 1-thread time (sparse,
+    then dense)."""
     threads = sorted({r["threads"] for r in rows})
     head = ["layer", "sparsity"] + [f"{t}T fwd / bwd" for t in threads]
     head += [f"t{threads[-1]}/t1 sparse fwd / bwd", f"t{threads[-1]}/t1 dense fwd / bwd"]

@@ -80,11 +80,10 @@ def interleaved_times(fns, rounds, warmup=2, clock="wall", stat="median"):
 
     The ``warmup`` rounds are interleaved like the timed ones: the allocator
     settles into the pattern it will see.  (Warming each closure up on its
-    own left the heap to settle during the timed rounds: on this project's
-    VM, glibc kept returning the 11 MB output of the linear benchmark to the
-    system while torch's calls came in between, and the first touch of fresh
-    pages made sparse forwards at 1 thread take 27-37 ms instead of 8 ms for
-    the first 7 rounds.)
+    own left that to the timed rounds: on this project's VM, with torch's
+    calls in between, the linear benchmark's 11 MB outputs came on fresh
+    pages for the first 7 calls - ~660 page faults each - and the sparse
+    forward at 1 thread took 27-37 ms instead of 8.)
     """
     now = CLOCKS[clock]
     reduce = statistics.median if stat == "median" else min
