@@ -1,4 +1,4 @@
-ISA_NAMES: tuple[str, str, str]
+ISA_NAMES: tuple[str, ...]
 CPU_ISA: int
 ISA_CAP: str | None
 ISA: int

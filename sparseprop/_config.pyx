@@ -2,8 +2,9 @@
 
 The ISA is chosen once, when this module is imported: the best one the CPU
 supports, capped by the environment variable ``SPARSEPROP_ISA`` (``scalar``,
-``avx2`` or ``avx512``).  Every kernel module reads :data:`ISA` at its own
-import, so the cap must be set before ``import sparseprop``.
+``avx2`` or ``avx512`` on x86-64; ``scalar`` or ``neon`` on AArch64).  Every
+kernel module reads :data:`ISA` at its own import, so the cap must be set
+before ``import sparseprop``.
 """
 import os
 
@@ -11,9 +12,8 @@ from cython.parallel cimport prange, threadid
 from libc.stdlib cimport calloc, free
 
 cdef extern from "sparseprop/dispatch.h" nogil:
-    int SP_ISA_SCALAR
-    int SP_ISA_AVX2
-    int SP_ISA_AVX512
+    int sp_isa_levels()
+    const char* sp_isa_level_name(int level)
     int sp_cpu_best_isa()
     int sp_compiled_max_isa()
 
@@ -22,7 +22,9 @@ cdef extern from "sparseprop/threads.h" nogil:
     int sp_omp_max_threads()
 
 
-ISA_NAMES = ("scalar", "avx2", "avx512")
+#: The ISA levels of this build, lowest first: ("scalar", "avx2", "avx512") on
+#: x86-64, ("scalar", "neon") on AArch64, ("scalar",) elsewhere.
+ISA_NAMES = tuple(sp_isa_level_name(i).decode() for i in range(sp_isa_levels()))
 
 
 def _isa_from_env():
@@ -44,7 +46,7 @@ CPU_ISA = min(sp_cpu_best_isa(), sp_compiled_max_isa())
 _cap, ISA_CAP = _isa_from_env()
 #: ISA every kernel module uses in this process (index into ISA_NAMES).
 ISA = min(CPU_ISA, _cap)
-#: Its name: "scalar", "avx2" or "avx512".
+#: Its name: one of ISA_NAMES.
 ISA_NAME = ISA_NAMES[ISA]
 
 

@@ -7,6 +7,7 @@
 #include "sparseprop/dispatch.h"
 
 #define SP_FAMILY_IMPL "sparseprop/common_impl.h"
+#define SP_FAMILY_AVX512 SP_AVX512_YZ
 #include "sparseprop/instantiate.h"
 
 #endif /* SPARSEPROP_COMMON_H */

@@ -1,84 +1,157 @@
 /* common_impl.h - helpers shared by the kernel families, instantiated once
- * per (ISA, dtype) region by common.h.  See simd_begin.h for the vocabulary.
+ * per code region by common.h.  They extend simd_begin.h's vocabulary with
+ * the operations that need more than one intrinsic; each has exactly one
+ * implementation per (ISA, width, dtype):
  *
- *   SP_FN(sp_transpose)  dst[c*ldd + r] = src[r*lds + c], r < rows, c < cols
- *   SP_FN(sp_reduce8_add) dst[g] += sum of the lanes of p[g], g < 8
+ *   SP_FN(sp_vtr)(r)            in-register transpose of SP_VL x SP_VL:
+ *                               r[i] lane j -> r[j] lane i
+ *   SP_FN(sp_vhsum)(v)          sum of v's lanes
+ *   SP_FN(sp_reduce8_add)(p, d) d[g] += sum of the lanes of p[g], g < 8
+ *   SP_FN(sp_vmask)(m)          a mask of the first m lanes (0 < m <= SP_VL)
+ *   SP_FN(sp_vmload)(p, mask)   those lanes of p, zeros elsewhere (never
+ *                               reads past them)
+ *   SP_FN(sp_vmstore)(p, mask, v)  stores only those lanes
+ *   SP_FN(sp_transpose)         dst[c*ldd + r] = src[r*lds + c] (scalar, tiled)
  */
 
-#if SP_TB > 1
-/* In-register transpose of one SP_TB x SP_TB block (AVX2 shuffles; the
- * AVX-512 regions reuse them, AVX-512 includes AVX2). */
-SP_ALWAYS_INLINE void SP_FN(sp_tr_block)(const SP_T* SP_RESTRICT s, int64_t lds,
-                                         SP_T* SP_RESTRICT d, int64_t ldd)
-{
-#if SP_CUR_F64
-    __m256d r0 = _mm256_loadu_pd(s), r1 = _mm256_loadu_pd(s + lds);
-    __m256d r2 = _mm256_loadu_pd(s + 2 * lds), r3 = _mm256_loadu_pd(s + 3 * lds);
-    __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
-    __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
-    _mm256_storeu_pd(d, _mm256_permute2f128_pd(t0, t2, 0x20));
-    _mm256_storeu_pd(d + ldd, _mm256_permute2f128_pd(t1, t3, 0x20));
-    _mm256_storeu_pd(d + 2 * ldd, _mm256_permute2f128_pd(t0, t2, 0x31));
-    _mm256_storeu_pd(d + 3 * ldd, _mm256_permute2f128_pd(t1, t3, 0x31));
-#else
-    __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + lds);
-    __m256 r2 = _mm256_loadu_ps(s + 2 * lds), r3 = _mm256_loadu_ps(s + 3 * lds);
-    __m256 r4 = _mm256_loadu_ps(s + 4 * lds), r5 = _mm256_loadu_ps(s + 5 * lds);
-    __m256 r6 = _mm256_loadu_ps(s + 6 * lds), r7 = _mm256_loadu_ps(s + 7 * lds);
-    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-    __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
-    __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
-    __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
-    __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
-    __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
-    __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
-    __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
-    __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
-    _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
-    _mm256_storeu_ps(d + ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
-    _mm256_storeu_ps(d + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
-    _mm256_storeu_ps(d + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
-    _mm256_storeu_ps(d + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
-    _mm256_storeu_ps(d + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
-    _mm256_storeu_ps(d + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
-    _mm256_storeu_ps(d + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
-#endif
-}
-#endif /* SP_TB > 1 */
+/* ---- in-register transpose ---------------------------------------------- */
+#if SP_VBITS == 0
+SP_ALWAYS_INLINE void SP_FN(sp_vtr)(SP_V* r) { (void)r; }
 
-/* dst[c*ldd + r] = src[r*lds + c] for r < rows, c < cols.  Strides are in
- * elements and may be anything (the row stride of a NumPy view, say). */
-static void SP_FN(sp_transpose)(const SP_T* SP_RESTRICT src, int64_t lds,
-                                SP_T* SP_RESTRICT dst, int64_t ldd,
-                                int64_t rows, int64_t cols)
+#elif SP_VBITS == 256 && SP_CUR_F64
+/* 4 x 4 doubles. */
+SP_ALWAYS_INLINE void SP_FN(sp_vtr)(__m256d* r)
 {
-#if SP_TB > 1
-    int64_t r0 = 0;
-    for (; r0 + SP_TB <= rows; r0 += SP_TB) {
-        int64_t c0 = 0;
-        for (; c0 + SP_TB <= cols; c0 += SP_TB)
-            SP_FN(sp_tr_block)(src + r0 * lds + c0, lds, dst + c0 * ldd + r0, ldd);
-        for (; c0 < cols; c0++)
-            for (int64_t r = r0; r < r0 + SP_TB; r++)
-                dst[c0 * ldd + r] = src[r * lds + c0];
+    const __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+    const __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+    r[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+    r[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+    r[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+    r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+}
+
+#elif SP_VBITS == 256
+/* 8 x 8 floats. */
+SP_ALWAYS_INLINE void SP_FN(sp_vtr)(__m256* r)
+{
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
     }
-    for (; r0 < rows; r0++)
-        for (int64_t c = 0; c < cols; c++)
-            dst[c * ldd + r0] = src[r0 * lds + c];
+    for (int i = 0; i < 2; i++) {
+        u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int k = 0; k < 4; k++) {
+        r[k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x20);
+        r[4 + k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x31);
+    }
+}
+
+#elif SP_VBITS == 512 && SP_CUR_F64
+/* 8 x 8 doubles. */
+SP_ALWAYS_INLINE void SP_FN(sp_vtr)(__m512d* r)
+{
+    __m512d t[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm512_unpacklo_pd(r[2 * i], r[2 * i + 1]);     /* even columns */
+        t[2 * i + 1] = _mm512_unpackhi_pd(r[2 * i], r[2 * i + 1]); /* odd columns  */
+    }
+    for (int o = 0; o < 2; o++) {
+        const __m512d A = _mm512_shuffle_f64x2(t[o], t[2 + o], 0x88);
+        const __m512d B = _mm512_shuffle_f64x2(t[o], t[2 + o], 0xDD);
+        const __m512d C = _mm512_shuffle_f64x2(t[4 + o], t[6 + o], 0x88);
+        const __m512d D = _mm512_shuffle_f64x2(t[4 + o], t[6 + o], 0xDD);
+        r[o] = _mm512_shuffle_f64x2(A, C, 0x88);
+        r[4 + o] = _mm512_shuffle_f64x2(A, C, 0xDD);
+        r[2 + o] = _mm512_shuffle_f64x2(B, D, 0x88);
+        r[6 + o] = _mm512_shuffle_f64x2(B, D, 0xDD);
+    }
+}
+
+#elif SP_VBITS == 512
+/* 16 x 16 floats. */
+SP_ALWAYS_INLINE void SP_FN(sp_vtr)(__m512* r)
+{
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    /* r[4i+k], 128-bit lane l, holds column 4l+k of rows 4i..4i+3 */
+    for (int k = 0; k < 4; k++) {
+        const __m512 A = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88);
+        const __m512 B = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xDD);
+        const __m512 C = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88);
+        const __m512 D = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xDD);
+        t[k] = _mm512_shuffle_f32x4(A, C, 0x88);      /* column k      */
+        t[4 + k] = _mm512_shuffle_f32x4(B, D, 0x88);  /* column 4 + k  */
+        t[8 + k] = _mm512_shuffle_f32x4(A, C, 0xDD);  /* column 8 + k  */
+        t[12 + k] = _mm512_shuffle_f32x4(B, D, 0xDD); /* column 12 + k */
+    }
+    for (int i = 0; i < 16; i++)
+        r[i] = t[i];
+}
+
+#elif SP_VBITS == 128 && SP_CUR_F64
+/* 2 x 2 doubles (NEON). */
+SP_ALWAYS_INLINE void SP_FN(sp_vtr)(float64x2_t* r)
+{
+    const float64x2_t a = r[0], b = r[1];
+    r[0] = vtrn1q_f64(a, b);
+    r[1] = vtrn2q_f64(a, b);
+}
+
+#elif SP_VBITS == 128
+/* 4 x 4 floats (NEON): 2x2 blocks of pairs, then pairs as doubles. */
+SP_ALWAYS_INLINE void SP_FN(sp_vtr)(float32x4_t* r)
+{
+    const float32x4_t t0 = vtrn1q_f32(r[0], r[1]), t1 = vtrn2q_f32(r[0], r[1]);
+    const float32x4_t t2 = vtrn1q_f32(r[2], r[3]), t3 = vtrn2q_f32(r[2], r[3]);
+    r[0] = vreinterpretq_f32_f64(vtrn1q_f64(vreinterpretq_f64_f32(t0), vreinterpretq_f64_f32(t2)));
+    r[1] = vreinterpretq_f32_f64(vtrn1q_f64(vreinterpretq_f64_f32(t1), vreinterpretq_f64_f32(t3)));
+    r[2] = vreinterpretq_f32_f64(vtrn2q_f64(vreinterpretq_f64_f32(t0), vreinterpretq_f64_f32(t2)));
+    r[3] = vreinterpretq_f32_f64(vtrn2q_f64(vreinterpretq_f64_f32(t1), vreinterpretq_f64_f32(t3)));
+}
+#endif
+
+/* ---- horizontal sums ------------------------------------------------------ */
+
+/* Sum of v's lanes. */
+SP_ALWAYS_INLINE SP_T SP_FN(sp_vhsum)(SP_V v)
+{
+#if SP_VBITS == 0
+    return v;
+#elif SP_VBITS == 128 && SP_CUR_F64
+    return vaddvq_f64(v);
+#elif SP_VBITS == 128
+    return vaddvq_f32(v);
+#elif SP_CUR_F64
+#if SP_VBITS == 512
+    const __m256d y = _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd(v, 1));
 #else
-    /* 8x8 tiles keep both sides cache friendly without SIMD. */
-    for (int64_t r0 = 0; r0 < rows; r0 += 8) {
-        const int64_t r1 = SP_MIN(rows, r0 + 8);
-        for (int64_t c0 = 0; c0 < cols; c0 += 8) {
-            const int64_t c1 = SP_MIN(cols, c0 + 8);
-            for (int64_t c = c0; c < c1; c++)
-                for (int64_t r = r0; r < r1; r++)
-                    dst[c * ldd + r] = src[r * lds + c];
-        }
-    }
+    const __m256d y = v;
+#endif
+    const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(y), _mm256_extractf128_pd(y, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+#else
+#if SP_VBITS == 512
+    const __m256 y = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+#else
+    const __m256 y = v;
+#endif
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(y), _mm256_extractf128_ps(y, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
 #endif
 }
 
@@ -87,14 +160,23 @@ static void SP_FN(sp_transpose)(const SP_T* SP_RESTRICT src, int64_t lds,
  * gradient entries at once, sharing the shuffles. */
 SP_ALWAYS_INLINE void SP_FN(sp_reduce8_add)(const SP_V* SP_RESTRICT p, SP_T* SP_RESTRICT dst)
 {
-#if SP_CUR_ISA == SP_ISA_SCALAR
+#if SP_VBITS == 0
     for (int g = 0; g < 8; g++)
         dst[g] += p[g];
+#elif SP_VBITS == 128 && SP_CUR_F64
+    for (int h = 0; h < 4; h++) /* pairwise adds: [sum p[2h], sum p[2h+1]] */
+        vst1q_f64(dst + 2 * h, vaddq_f64(vld1q_f64(dst + 2 * h), vpaddq_f64(p[2 * h], p[2 * h + 1])));
+#elif SP_VBITS == 128
+    for (int h = 0; h < 2; h++) {
+        const float32x4_t* q = p + 4 * h;
+        const float32x4_t s = vpaddq_f32(vpaddq_f32(q[0], q[1]), vpaddq_f32(q[2], q[3]));
+        vst1q_f32(dst + 4 * h, vaddq_f32(vld1q_f32(dst + 4 * h), s));
+    }
 #elif SP_CUR_F64
     /* Fold each vector to 4 doubles, then two 4-way transposed sums. */
     __m256d y[8];
     for (int g = 0; g < 8; g++) {
-#if SP_CUR_ISA == SP_ISA_AVX512
+#if SP_VBITS == 512
         y[g] = _mm256_add_pd(_mm512_castpd512_pd256(p[g]), _mm512_extractf64x4_pd(p[g], 1));
 #else
         y[g] = p[g];
@@ -111,7 +193,7 @@ SP_ALWAYS_INLINE void SP_FN(sp_reduce8_add)(const SP_V* SP_RESTRICT p, SP_T* SP_
 #else
     __m256 y[8];
     for (int g = 0; g < 8; g++) {
-#if SP_CUR_ISA == SP_ISA_AVX512
+#if SP_VBITS == 512
         y[g] = _mm256_add_ps(_mm512_castps512_ps256(p[g]), _mm512_extractf32x8_ps(p[g], 1));
 #else
         y[g] = p[g];
@@ -127,4 +209,99 @@ SP_ALWAYS_INLINE void SP_FN(sp_reduce8_add)(const SP_V* SP_RESTRICT p, SP_T* SP_
                              _mm256_permute2f128_ps(u0, u1, 0x31));
     _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), s));
 #endif
+}
+
+/* ---- masked tails: the first m lanes (0 < m <= SP_VL) --------------------- */
+#if SP_CUR_ISA == SP_ISA_AVX512
+/* k-masks: fast masked moves */
+#if SP_VBITS == 512 && !SP_CUR_F64
+typedef __mmask16 SP_FN(sp_vmask_t);
+#else
+typedef __mmask8 SP_FN(sp_vmask_t);
+#endif
+SP_ALWAYS_INLINE SP_FN(sp_vmask_t) SP_FN(sp_vmask)(int64_t m)
+{
+    return (SP_FN(sp_vmask_t))((1u << m) - 1u);
+}
+#if SP_VBITS == 512 && SP_CUR_F64
+#define SP_VMLOAD_(p, m) _mm512_maskz_loadu_pd((m), (p))
+#define SP_VMSTORE_(p, m, v) _mm512_mask_storeu_pd((p), (m), (v))
+#elif SP_VBITS == 512
+#define SP_VMLOAD_(p, m) _mm512_maskz_loadu_ps((m), (p))
+#define SP_VMSTORE_(p, m, v) _mm512_mask_storeu_ps((p), (m), (v))
+#elif SP_CUR_F64
+#define SP_VMLOAD_(p, m) _mm256_maskz_loadu_pd((m), (p))
+#define SP_VMSTORE_(p, m, v) _mm256_mask_storeu_pd((p), (m), (v))
+#else
+#define SP_VMLOAD_(p, m) _mm256_maskz_loadu_ps((m), (p))
+#define SP_VMSTORE_(p, m, v) _mm256_mask_storeu_ps((p), (m), (v))
+#endif
+#elif SP_CUR_ISA == SP_ISA_AVX2
+/* vector masks for vmaskmov (slow stores on AMD, but tails only) */
+typedef __m256i SP_FN(sp_vmask_t);
+SP_ALWAYS_INLINE __m256i SP_FN(sp_vmask)(int64_t m)
+{
+#if SP_CUR_F64
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(m), _mm256_setr_epi64x(0, 1, 2, 3));
+#else
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+#endif
+}
+#if SP_CUR_F64
+#define SP_VMLOAD_(p, m) _mm256_maskload_pd((p), (m))
+#define SP_VMSTORE_(p, m, v) _mm256_maskstore_pd((p), (m), (v))
+#else
+#define SP_VMLOAD_(p, m) _mm256_maskload_ps((p), (m))
+#define SP_VMSTORE_(p, m, v) _mm256_maskstore_ps((p), (m), (v))
+#endif
+#else
+/* no masked moves (scalar, NEON): the lane count, through a small buffer */
+typedef int64_t SP_FN(sp_vmask_t);
+SP_ALWAYS_INLINE int64_t SP_FN(sp_vmask)(int64_t m) { return m; }
+SP_ALWAYS_INLINE SP_V SP_FN(sp_vmload_buf)(const SP_T* p, int64_t m)
+{
+    SP_T b[SP_VL];
+    for (int i = 0; i < SP_VL; i++)
+        b[i] = i < m ? p[i] : (SP_T)0;
+    return SP_VLOAD(b);
+}
+SP_ALWAYS_INLINE void SP_FN(sp_vmstore_buf)(SP_T* p, int64_t m, SP_V v)
+{
+    SP_T b[SP_VL];
+    SP_VSTORE(b, v);
+    for (int i = 0; i < m; i++)
+        p[i] = b[i];
+}
+#define SP_VMLOAD_(p, m) SP_FN(sp_vmload_buf)((p), (m))
+#define SP_VMSTORE_(p, m, v) SP_FN(sp_vmstore_buf)((p), (m), (v))
+#endif
+SP_ALWAYS_INLINE SP_V SP_FN(sp_vmload)(const SP_T* p, SP_FN(sp_vmask_t) mask)
+{
+    return SP_VMLOAD_(p, mask);
+}
+SP_ALWAYS_INLINE void SP_FN(sp_vmstore)(SP_T* p, SP_FN(sp_vmask_t) mask, SP_V v)
+{
+    SP_VMSTORE_(p, mask, v);
+}
+#undef SP_VMLOAD_
+#undef SP_VMSTORE_
+
+/* ---- out-of-register transpose (the scalar paths') ------------------------ */
+
+/* dst[c*ldd + r] = src[r*lds + c] for r < rows, c < cols.  Strides are in
+ * elements and may be anything (the row stride of a NumPy view, say); 8x8
+ * tiles keep both sides cache friendly. */
+static void SP_FN(sp_transpose)(const SP_T* SP_RESTRICT src, int64_t lds,
+                                SP_T* SP_RESTRICT dst, int64_t ldd,
+                                int64_t rows, int64_t cols)
+{
+    for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+        const int64_t r1 = SP_MIN(rows, r0 + 8);
+        for (int64_t c0 = 0; c0 < cols; c0 += 8) {
+            const int64_t c1 = SP_MIN(cols, c0 + 8);
+            for (int64_t c = c0; c < c1; c++)
+                for (int64_t r = r0; r < r1; r++)
+                    dst[c * ldd + r] = src[r * lds + c];
+        }
+    }
 }

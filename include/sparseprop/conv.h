@@ -30,8 +30,7 @@
  *     fit in L1, each (output channel, block) slice of the weights found
  *     through the paper's per-(oc, ic) offsets; partial tiles then live in a
  *     band buffer.  Unblocked over-width rows of whole vectors: one tile call
- *     walks all of the task's output channels (0.99 sparsity: 56x56 layer
- *     at 2 threads 7% faster, 1x1 at 1 thread 10-13%; 0.9-0.95 within noise);
+ *     walks all of the task's output channels (docs/tuning.md);
  *   - backward (input-stationary, fused): for each input channel and each
  *     (row phase, column phase) class, a tile of R x NC input vectors keeps X
  *     and the dX accumulators in registers; every stored weight of that
@@ -44,10 +43,7 @@
  *     ~6 weights at 0.99 sparsity).  Over-width with column stride 1 and rows
  *     of whole vectors needs no padded X: its tiles read X and write dX in
  *     place (prefetching the rows of the channels ahead), skipping two copies
- *     of the input's size.  56x56 layer (64x64x3x3, batch 32), one Zen 4
- *     core, all three against the kernels before them (builds side by side,
- *     four alternating rounds, medians): 0.99 sparsity 8.9 -> 7.5 ms, 0.95
- *     17.7 -> 14.0 ms, 0.9 27.6 -> 24.0 ms.
+ *     of the input's size (the three measured in docs/tuning.md).
  * dY is packed [out channel][row + TP][col + LP][U] with zero borders so a
  * tap whose output falls outside the image reads zeros.
  *
@@ -58,19 +54,14 @@
  * the batch keep private dW partials summed afterwards.  No atomics, no
  * barriers inside a pass.
  * Tasks that split channels each pack the whole input they share (forward:
- * X; backward: dY).  Packing it once instead - each thread a slice of the
- * channels into one shared buffer, a barrier, then the tasks - was measured
- * slower on one 2-core Zen 4 (256x128x3x3 on (8,128,7,7) at 0.99 sparsity, 2
- * threads: forward 74-80 -> 95-111 us, backward 159-164 -> 171-190 us; the
- * shared pack phase alone took ~45 / ~80 us, against ~7 / ~12 us for half of
- * a private pack - likely the cost of writing lines the other core holds).
- * On a 16-core Xeon such small layers stop scaling past 2-8 threads
- * (benchmarks/results/many_core.md): the place to look again there.
+ * X; backward: dY): packing it once into a shared buffer was slower on 2
+ * cores (docs/tuning.md, "Shared packing").
  *
  * SIMD width: the conv kernels use 256-bit vectors in the AVX-512 region too
- * (with its 32 registers): Zen 4 executes 512-bit FMAs as two 256-bit halves,
- * and 8 float32 lanes fit the widths 7/14/28/56 and batch 8 of typical
- * layers exactly, where 16 lanes would waste up to half of them.
+ * (region avx512y, with its 32 registers and mask moves): 8 float32 lanes fit
+ * the widths 7/14/28/56 and batch 8 of typical layers exactly, where 16 lanes
+ * would waste up to half of them (and Zen 4 splits 512-bit FMAs in two).
+ * NEON has 128-bit vectors (4 float32 lanes) and 32 registers.
  */
 #ifndef SPARSEPROP_CONV_H
 #define SPARSEPROP_CONV_H
@@ -85,11 +76,8 @@
 /* Over-width forward: a register tile whose output channel has at most this
  * many nonzeros is written to Y with non-temporal (streaming) stores when Y
  * is at least SP_CONV_STREAM_MIN_BYTES.  Such a tile is a few FMAs per
- * store, bound by writing Y, and streaming skips reading Y's lines first.
- * Same-build A/B on one Zen 4 core, 64x64x3x3 on (32, 64, 56, 56), every
- * tile streamed: 0.99 sparsity (~6 nonzeros per channel) 6.6 -> 4.0-5.1 ms,
- * 0.8-0.95 8-20% slower; a second A/B on a busier host: 0.98 (~12) 12.5 ->
- * 6.4 ms, 0.97 (~17) 13.1 -> 16.0 ms.  Hence the cut at 12. */
+ * store, bound by writing Y, and streaming skips reading Y's lines first
+ * (the cut at 12 is measured: docs/tuning.md, "Streaming stores"). */
 #ifndef SP_CONV_STREAM_MAX_NNZ
 #define SP_CONV_STREAM_MAX_NNZ 12
 #endif
@@ -190,11 +178,13 @@ SP_INLINE void sp_conv_pick_tile(int64_t units, int64_t cv, int maxacc, int* R, 
     *NC = (int)nc;
 }
 
-/* ---- instantiations ------------------------------------------------------ */
+/* ---- instantiations ------------------------------------------------------
+ * 256-bit vectors in the AVX-512 region (avx512y): see "SIMD width" above. */
 #define SP_FAMILY_IMPL "sparseprop/conv_impl.h"
+#define SP_FAMILY_AVX512 SP_AVX512_Y
 #include "sparseprop/instantiate.h"
 
-#define SP_CONV_KERNELS_(dt, isa)                                                  \
+#define SP_CONV_SET_(dt, isa)                                                      \
     do {                                                                           \
         k.fwd = sp_conv_fwd_##dt##_##isa;                                          \
         k.bwd = sp_conv_bwd_##dt##_##isa;                                          \
@@ -203,31 +193,9 @@ SP_INLINE void sp_conv_pick_tile(int64_t units, int64_t cv, int maxacc, int* R, 
         k.lanes = sp_conv_lanes_##dt##_##isa();                                    \
     } while (0)
 
-/* Kernels for an ISA (already capped by the caller) and dtype (0: f32). */
-SP_INLINE sp_conv_kernels sp_conv_select(int isa, int is_f64)
-{
-    sp_conv_kernels k;
-#if SP_X86
-    if (isa >= SP_ISA_AVX512) {
-        if (is_f64)
-            SP_CONV_KERNELS_(f64, avx512);
-        else
-            SP_CONV_KERNELS_(f32, avx512);
-        return k;
-    }
-    if (isa == SP_ISA_AVX2) {
-        if (is_f64)
-            SP_CONV_KERNELS_(f64, avx2);
-        else
-            SP_CONV_KERNELS_(f32, avx2);
-        return k;
-    }
-#endif
-    if (is_f64)
-        SP_CONV_KERNELS_(f64, scalar);
-    else
-        SP_CONV_KERNELS_(f32, scalar);
-    return k;
-}
+/* sp_conv_select(isa_level, is_f64): the kernels of an ISA level (already capped by
+ * the caller) and dtype (0: float32). */
+SP_DEFINE_SELECT(sp_conv_kernels, sp_conv_select, SP_CONV_SET_, avx512y)
+#undef SP_CONV_SET_
 
 #endif /* SPARSEPROP_CONV_H */

@@ -116,12 +116,10 @@ SP_INLINE void sp_linear_barrier(void)
 }
 
 /* ---- instantiations ------------------------------------------------------
- * SP_CV / SP_CVB: vectors of batch lanes per forward / backward chunk.
- * Measured on one Zen 4 core (the paper's layer, 0.8-0.99 sparsity): the
- * AVX-512 float32 forward was fastest with 2 vectors (32 lanes; 3 and 4 lost
- * 5-15% once X^T outgrew L1), the backward with 4 (64 lanes; 2, 3, 5 and 6
- * lost 3-15%).  linear_impl.h picks SP_CV / SP_CVB per (ISA, dtype); the
- * SP_LINEAR_* macros below only exist to repeat such measurements. */
+ * SP_CV / SP_CVB: vectors of batch lanes per forward / backward chunk, per
+ * (ISA, dtype); linear_impl.h picks them.  The float32 choices were measured
+ * (docs/tuning.md, "Linear chunk widths"); the SP_LINEAR_* macros exist to
+ * repeat such measurements with -D. */
 #ifndef SP_LINEAR_CV_F32_AVX512
 #define SP_LINEAR_CV_F32_AVX512 2
 #endif
@@ -136,43 +134,28 @@ SP_INLINE void sp_linear_barrier(void)
 #define SP_LINEAR_CVB_F32_AVX2 2
 #endif
 
+/* NEON (both dtypes): chosen by register count, not measured. */
+#ifndef SP_LINEAR_CV_NEON
+#define SP_LINEAR_CV_NEON 8
+#endif
+#ifndef SP_LINEAR_CVB_NEON
+#define SP_LINEAR_CVB_NEON 8
+#endif
+
 #define SP_FAMILY_IMPL "sparseprop/linear_impl.h"
 #include "sparseprop/instantiate.h"
 
-#define SP_LINEAR_SET_(k, dt, isa)                                                  \
+#define SP_LINEAR_SET_(dt, isa)                                                    \
     do {                                                                           \
-        (k).fwd = sp_linear_fwd_##dt##_##isa;                                      \
-        (k).bwd = sp_linear_bwd_##dt##_##isa;                                      \
-        (k).fwd_chunk = sp_linear_fwd_chunk_##dt##_##isa();                        \
-        (k).bwd_chunk = sp_linear_bwd_chunk_##dt##_##isa();                        \
+        k.fwd = sp_linear_fwd_##dt##_##isa;                                        \
+        k.bwd = sp_linear_bwd_##dt##_##isa;                                        \
+        k.fwd_chunk = sp_linear_fwd_chunk_##dt##_##isa();                          \
+        k.bwd_chunk = sp_linear_bwd_chunk_##dt##_##isa();                          \
     } while (0)
 
-/* Kernels for an ISA (already capped by the caller) and dtype (0: f32). */
-SP_INLINE sp_linear_kernels sp_linear_select(int isa, int is_f64)
-{
-    sp_linear_kernels k;
-#if SP_X86
-    if (isa >= SP_ISA_AVX512) {
-        if (is_f64)
-            SP_LINEAR_SET_(k, f64, avx512);
-        else
-            SP_LINEAR_SET_(k, f32, avx512);
-        return k;
-    }
-    if (isa == SP_ISA_AVX2) {
-        if (is_f64)
-            SP_LINEAR_SET_(k, f64, avx2);
-        else
-            SP_LINEAR_SET_(k, f32, avx2);
-        return k;
-    }
-#endif
-    if (is_f64)
-        SP_LINEAR_SET_(k, f64, scalar);
-    else
-        SP_LINEAR_SET_(k, f32, scalar);
-    return k;
-}
+/* sp_linear_select(isa_level, is_f64): the kernels of an ISA level (already capped by
+ * the caller) and dtype (0: float32). */
+SP_DEFINE_SELECT(sp_linear_kernels, sp_linear_select, SP_LINEAR_SET_, avx512)
 #undef SP_LINEAR_SET_
 
 #endif /* SPARSEPROP_LINEAR_H */

@@ -7,6 +7,10 @@
 #if SP_CUR_ISA == SP_ISA_SCALAR
 #define SP_CV 8
 #define SP_CVB 8
+#elif SP_CUR_ISA == SP_ISA_NEON
+/* 32 registers of 4 floats / 2 doubles: see docs/tuning.md (unmeasured) */
+#define SP_CV SP_LINEAR_CV_NEON
+#define SP_CVB SP_LINEAR_CVB_NEON
 #elif SP_CUR_ISA == SP_ISA_AVX2 && !SP_CUR_F64
 #define SP_CV SP_LINEAR_CV_F32_AVX2
 #define SP_CVB SP_LINEAR_CVB_F32_AVX2
@@ -27,95 +31,9 @@
 SP_INLINE int64_t SP_FN(sp_linear_fwd_chunk)(void) { return SP_BC; }
 SP_INLINE int64_t SP_FN(sp_linear_bwd_chunk)(void) { return SP_BCB; }
 
-/* ---- in-register transposes of one SP_VL x SP_VL block ------------------ */
-
-#if SP_CUR_ISA == SP_ISA_AVX512 && !SP_CUR_F64
-/* 16 x 16 floats: r[i][c] -> r[c][i]. */
-SP_ALWAYS_INLINE void SP_FN(sp_lin_tr_regs)(__m512* r)
-{
-    __m512 t[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; i++) {
-        r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-    }
-    /* r[4i+k], 128-bit lane l, holds column 4l+k of rows 4i..4i+3 */
-    for (int k = 0; k < 4; k++) {
-        const __m512 A = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88);
-        const __m512 B = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xDD);
-        const __m512 C = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88);
-        const __m512 D = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xDD);
-        t[k] = _mm512_shuffle_f32x4(A, C, 0x88);      /* column k      */
-        t[4 + k] = _mm512_shuffle_f32x4(B, D, 0x88);  /* column 4 + k  */
-        t[8 + k] = _mm512_shuffle_f32x4(A, C, 0xDD);  /* column 8 + k  */
-        t[12 + k] = _mm512_shuffle_f32x4(B, D, 0xDD); /* column 12 + k */
-    }
-    for (int i = 0; i < 16; i++)
-        r[i] = t[i];
-}
-#define SP_LIN_HAVE_TR 1
-#elif SP_CUR_ISA == SP_ISA_AVX512 && SP_CUR_F64
-/* 8 x 8 doubles. */
-SP_ALWAYS_INLINE void SP_FN(sp_lin_tr_regs)(__m512d* r)
-{
-    __m512d t[8];
-    for (int i = 0; i < 4; i++) {
-        t[2 * i] = _mm512_unpacklo_pd(r[2 * i], r[2 * i + 1]);     /* even columns */
-        t[2 * i + 1] = _mm512_unpackhi_pd(r[2 * i], r[2 * i + 1]); /* odd columns  */
-    }
-    for (int o = 0; o < 2; o++) {
-        const __m512d A = _mm512_shuffle_f64x2(t[o], t[2 + o], 0x88);
-        const __m512d B = _mm512_shuffle_f64x2(t[o], t[2 + o], 0xDD);
-        const __m512d C = _mm512_shuffle_f64x2(t[4 + o], t[6 + o], 0x88);
-        const __m512d D = _mm512_shuffle_f64x2(t[4 + o], t[6 + o], 0xDD);
-        r[o] = _mm512_shuffle_f64x2(A, C, 0x88);
-        r[4 + o] = _mm512_shuffle_f64x2(A, C, 0xDD);
-        r[2 + o] = _mm512_shuffle_f64x2(B, D, 0x88);
-        r[6 + o] = _mm512_shuffle_f64x2(B, D, 0xDD);
-    }
-}
-#define SP_LIN_HAVE_TR 1
-#elif SP_CUR_ISA == SP_ISA_AVX2 && !SP_CUR_F64
-/* 8 x 8 floats. */
-SP_ALWAYS_INLINE void SP_FN(sp_lin_tr_regs)(__m256* r)
-{
-    __m256 t[8], u[8];
-    for (int i = 0; i < 4; i++) {
-        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 2; i++) {
-        u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-    }
-    for (int k = 0; k < 4; k++) {
-        r[k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x20);
-        r[4 + k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x31);
-    }
-}
-#define SP_LIN_HAVE_TR 1
-#elif SP_CUR_ISA == SP_ISA_AVX2 && SP_CUR_F64
-/* 4 x 4 doubles. */
-SP_ALWAYS_INLINE void SP_FN(sp_lin_tr_regs)(__m256d* r)
-{
-    const __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
-    const __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
-    r[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
-    r[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
-    r[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
-    r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
-}
-#define SP_LIN_HAVE_TR 1
-#else
-#define SP_LIN_HAVE_TR 0
-#endif
+/* In-register transposes of one SP_VL x SP_VL block: SP_FN(sp_vtr)
+ * (common_impl.h); the scalar path uses sp_transpose instead. */
+#define SP_LIN_HAVE_TR (SP_VL > 1)
 
 /* ---- batch-last ("lanes") layout <-> row-major -------------------------- */
 
@@ -157,7 +75,7 @@ SP_ALWAYS_INLINE void SP_FN(sp_lin_to_lanes)(const SP_T* SP_RESTRICT src, int64_
                 SP_V r[SP_VL];
                 for (int i = 0; i < SP_VL; i++)
                     r[i] = SP_VLOAD(s + i * lds + c0);
-                SP_FN(sp_lin_tr_regs)(r);
+                SP_FN(sp_vtr)(r);
                 for (int i = 0; i < SP_VL; i++)
                     SP_VSTORE(d + (c0 + i) * bc, r[i]);
                 if (c0 >= cols - SP_VL)
@@ -169,7 +87,7 @@ SP_ALWAYS_INLINE void SP_FN(sp_lin_to_lanes)(const SP_T* SP_RESTRICT src, int64_
                 SP_V r[SP_VL];
                 for (int i = 0; i < SP_VL; i++)
                     r[i] = i < nr ? SP_VLOAD(s + i * lds + c0) : SP_VZERO();
-                SP_FN(sp_lin_tr_regs)(r);
+                SP_FN(sp_vtr)(r);
                 for (int i = 0; i < SP_VL; i++)
                     SP_VSTORE(d + (c0 + i) * bc, r[i]);
                 if (c0 >= cols - SP_VL)
@@ -216,7 +134,7 @@ SP_ALWAYS_INLINE void SP_FN(sp_lin_from_lanes)(const SP_T* SP_RESTRICT src, int6
             SP_V r[SP_VL];
             for (int i = 0; i < SP_VL; i++)
                 r[i] = SP_VLOAD(s + (c0 + i) * bc);
-            SP_FN(sp_lin_tr_regs)(r);
+            SP_FN(sp_vtr)(r);
             for (int64_t i = 0; i < nr; i++)
                 SP_VSTORE(d + i * ldd + c0, r[i]);
             if (c0 >= cols - SP_VL)

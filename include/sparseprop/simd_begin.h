@@ -1,29 +1,43 @@
-/* simd_begin.h - open a code region for one (ISA, dtype) pair.
+/* simd_begin.h - open a code region for one (ISA, dtype, width) triple.
  *
- * Deliberately no include guard: a kernel family header includes it once per
- * instantiation, like this
+ * Deliberately no include guard: instantiate.h includes it once per region,
+ * like this
  *
- *     #define SP_CUR_ISA SP_ISA_AVX2     (SP_ISA_SCALAR / _AVX2 / _AVX512)
+ *     #define SP_CUR_ISA SP_ISA_AVX2     (SP_ISA_SCALAR / _AVX2 / _AVX512 / _NEON)
  *     #define SP_CUR_F64 0               (0: float32, 1: float64)
+ *     #define SP_CUR_V256 0              (optional; 1: 256-bit vectors in the
+ *                                          AVX-512 region, named avx512y)
  *     #include "sparseprop/simd_begin.h"
  *     #include "sparseprop/<family>_impl.h"
  *     #include "sparseprop/simd_end.h"
  *
- * Inside the region every function is compiled for the ISA (GCC target
- * pragma), so the build needs no -mavx2/-mavx512f and never -march=native:
- * the dispatcher only calls a region's functions on a CPU that has the ISA.
+ * Inside an x86 region every function is compiled for the ISA (GCC/clang
+ * target pragma), so the build needs no -mavx2/-mavx512f and never
+ * -march=native: the dispatcher only calls a region's functions on a CPU that
+ * has the ISA.  NEON is the AArch64 baseline and needs no pragma.
  *
- * The region defines a small vector vocabulary the _impl headers are written
- * in, so one kernel body serves all six instantiations:
- *   SP_T   scalar type          SP_V   vector type       SP_VL  lanes
- *   SP_VZERO() SP_VSET1(x) SP_VLOAD(p) SP_VSTORE(p, v)    (unaligned)
+ * This is the one vector vocabulary every kernel is written in, so one kernel
+ * body serves every region and a new ISA is one new block below (plus its
+ * helpers in common_impl.h):
+ *   SP_T   scalar type      SP_V   vector type      SP_VL  lanes
+ *   SP_VBITS  vector width in bits (0: scalar)
+ *   SP_VZERO() SP_VSET1(x) SP_VLOAD(p) SP_VSTORE(p, v)       (unaligned)
  *   SP_VADD(a, b) SP_VMUL(a, b) SP_VFMA(a, b, c) = a*b + c
- *   SP_FN(name)  -> name_f32_avx2 etc.
- *   SP_TB        square block edge of the SIMD transpose (1 = scalar)
+ *   SP_VSTREAM(p, v)   non-temporal store of a vector at an address aligned
+ *                      to SP_VSTREAM_ALIGN (a plain store where the ISA has
+ *                      none); SP_VSTREAM_FENCE() orders them before returning
+ *   SP_VPIN(v)         keep v in a register: an empty asm that "changes" it,
+ *                      so the compiler neither reloads nor spills it
+ *   SP_FN(name)        -> name_f32_avx2 etc.
+ * Helpers built on these (transpose, reductions, masked tails) are in
+ * common_impl.h.
  */
 
 #if !defined(SP_CUR_ISA) || !defined(SP_CUR_F64)
 #error "define SP_CUR_ISA and SP_CUR_F64 before including simd_begin.h"
+#endif
+#ifndef SP_CUR_V256
+#define SP_CUR_V256 0
 #endif
 
 #define SP_CAT3_(a, b, c) a##_##b##_##c
@@ -40,6 +54,7 @@
 /* ---------------------------------------------------------------- scalar */
 #if SP_CUR_ISA == SP_ISA_SCALAR
 #define SP_ISA_NAME scalar
+#define SP_VBITS 0
 #define SP_V SP_T
 #define SP_VL 1
 #define SP_VZERO() ((SP_T)0)
@@ -49,21 +64,39 @@
 #define SP_VADD(a, b) ((a) + (b))
 #define SP_VMUL(a, b) ((a) * (b))
 #define SP_VFMA(a, b, c) ((a) * (b) + (c))
-#define SP_TB 1
+#define SP_VSTREAM(p, v) (*(p) = (v))
+#define SP_VSTREAM_ALIGN 1
+#define SP_VSTREAM_FENCE() ((void)0)
+#define SP_VPIN(v) ((void)0)
 
-/* ------------------------------------------------------------ AVX2 + FMA */
-#elif SP_CUR_ISA == SP_ISA_AVX2
+/* ------------------------------------------- x86: AVX2 + FMA and AVX-512 */
+#elif SP_CUR_ISA == SP_ISA_AVX2 || SP_CUR_ISA == SP_ISA_AVX512
 #if !SP_X86
-#error "AVX2 region on a non-x86 build"
+#error "x86 region on a non-x86 build"
 #endif
+#if SP_CUR_ISA == SP_ISA_AVX2
+#define SP_X86_TARGET "avx2,fma"
 #define SP_ISA_NAME avx2
+#define SP_VBITS 256
+#elif SP_CUR_V256
+#define SP_X86_TARGET "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma"
+#define SP_ISA_NAME avx512y
+#define SP_VBITS 256
+#else
+#define SP_X86_TARGET "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma"
+#define SP_ISA_NAME avx512
+#define SP_VBITS 512
+#endif
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+SP_PRAGMA(clang attribute push(__attribute__((target(SP_X86_TARGET))), apply_to = function))
 #else
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+SP_PRAGMA(GCC target(SP_X86_TARGET))
 #endif
-#if SP_CUR_F64
+#define SP_VSTREAM_FENCE() _mm_sfence()
+/* "x": an SSE/AVX register (xmm/ymm 0-15) */
+#define SP_VPIN(v) __asm__("" : "+x"(v))
+#if SP_VBITS == 256 && SP_CUR_F64
 #define SP_V __m256d
 #define SP_VL 4
 #define SP_VZERO() _mm256_setzero_pd()
@@ -73,8 +106,9 @@
 #define SP_VADD(a, b) _mm256_add_pd((a), (b))
 #define SP_VMUL(a, b) _mm256_mul_pd((a), (b))
 #define SP_VFMA(a, b, c) _mm256_fmadd_pd((a), (b), (c))
-#define SP_TB 4
-#else
+#define SP_VSTREAM(p, v) _mm256_stream_pd((p), (v))
+#define SP_VSTREAM_ALIGN 32
+#elif SP_VBITS == 256
 #define SP_V __m256
 #define SP_VL 8
 #define SP_VZERO() _mm256_setzero_ps()
@@ -84,22 +118,9 @@
 #define SP_VADD(a, b) _mm256_add_ps((a), (b))
 #define SP_VMUL(a, b) _mm256_mul_ps((a), (b))
 #define SP_VFMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
-#define SP_TB 8
-#endif
-
-/* --------------------------------------------------------------- AVX-512 */
-#elif SP_CUR_ISA == SP_ISA_AVX512
-#if !SP_X86
-#error "AVX-512 region on a non-x86 build"
-#endif
-#define SP_ISA_NAME avx512
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")
-#endif
-#if SP_CUR_F64
+#define SP_VSTREAM(p, v) _mm256_stream_ps((p), (v))
+#define SP_VSTREAM_ALIGN 32
+#elif SP_CUR_F64
 #define SP_V __m512d
 #define SP_VL 8
 #define SP_VZERO() _mm512_setzero_pd()
@@ -109,7 +130,8 @@
 #define SP_VADD(a, b) _mm512_add_pd((a), (b))
 #define SP_VMUL(a, b) _mm512_mul_pd((a), (b))
 #define SP_VFMA(a, b, c) _mm512_fmadd_pd((a), (b), (c))
-#define SP_TB 4
+#define SP_VSTREAM(p, v) _mm512_stream_pd((p), (v))
+#define SP_VSTREAM_ALIGN 64
 #else
 #define SP_V __m512
 #define SP_VL 16
@@ -120,8 +142,45 @@
 #define SP_VADD(a, b) _mm512_add_ps((a), (b))
 #define SP_VMUL(a, b) _mm512_mul_ps((a), (b))
 #define SP_VFMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
-#define SP_TB 8
+#define SP_VSTREAM(p, v) _mm512_stream_ps((p), (v))
+#define SP_VSTREAM_ALIGN 64
 #endif
+
+/* ------------------------------------------------------ AArch64 AdvSIMD */
+#elif SP_CUR_ISA == SP_ISA_NEON
+#if !SP_ARM64
+#error "NEON region on a non-AArch64 build"
+#endif
+#define SP_ISA_NAME neon
+#define SP_VBITS 128
+/* AdvSIMD has no vector non-temporal store (STNP is a pair of scalars or
+ * q registers without a compiler intrinsic): plain stores. */
+#define SP_VSTREAM_ALIGN 1
+#define SP_VSTREAM_FENCE() ((void)0)
+/* "w": any of the 32 SIMD/FP registers */
+#define SP_VPIN(v) __asm__("" : "+w"(v))
+#if SP_CUR_F64
+#define SP_V float64x2_t
+#define SP_VL 2
+#define SP_VZERO() vdupq_n_f64(0.0)
+#define SP_VSET1(x) vdupq_n_f64(x)
+#define SP_VLOAD(p) vld1q_f64(p)
+#define SP_VSTORE(p, v) vst1q_f64((p), (v))
+#define SP_VADD(a, b) vaddq_f64((a), (b))
+#define SP_VMUL(a, b) vmulq_f64((a), (b))
+#define SP_VFMA(a, b, c) vfmaq_f64((c), (a), (b))
+#else
+#define SP_V float32x4_t
+#define SP_VL 4
+#define SP_VZERO() vdupq_n_f32(0.0f)
+#define SP_VSET1(x) vdupq_n_f32(x)
+#define SP_VLOAD(p) vld1q_f32(p)
+#define SP_VSTORE(p, v) vst1q_f32((p), (v))
+#define SP_VADD(a, b) vaddq_f32((a), (b))
+#define SP_VMUL(a, b) vmulq_f32((a), (b))
+#define SP_VFMA(a, b, c) vfmaq_f32((c), (a), (b))
+#endif
+#define SP_VSTREAM(p, v) SP_VSTORE((p), (v))
 
 #else
 #error "unknown SP_CUR_ISA"
