@@ -7,6 +7,7 @@
  *                               r[i] lane j -> r[j] lane i
  *   SP_FN(sp_vhsum)(v)          sum of v's lanes
  *   SP_FN(sp_reduce8_add)(p, d) d[g] += sum of the lanes of p[g], g < 8
+ *   SP_FN(sp_reduce4_add)(p, d) the same for g < 4
  *   SP_FN(sp_vmask)(m)          a mask of the first m lanes (0 < m <= SP_VL)
  *   SP_FN(sp_vmload)(p, mask)   those lanes of p, zeros elsewhere (never
  *                               reads past them)
@@ -208,6 +209,49 @@ SP_ALWAYS_INLINE void SP_FN(sp_reduce8_add)(const SP_V* SP_RESTRICT p, SP_T* SP_
     __m256 s = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
                              _mm256_permute2f128_ps(u0, u1, 0x31));
     _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), s));
+#endif
+}
+
+/* dst[g] += horizontal sum of p[g], for the 4 vectors p[0..3]: the same for
+ * groups of 4 (fewer live vectors than 8, for 16-register ISAs). */
+SP_ALWAYS_INLINE void SP_FN(sp_reduce4_add)(const SP_V* SP_RESTRICT p, SP_T* SP_RESTRICT dst)
+{
+#if SP_VBITS == 0
+    for (int g = 0; g < 4; g++)
+        dst[g] += p[g];
+#elif SP_VBITS == 128 && SP_CUR_F64
+    for (int h = 0; h < 2; h++)
+        vst1q_f64(dst + 2 * h, vaddq_f64(vld1q_f64(dst + 2 * h), vpaddq_f64(p[2 * h], p[2 * h + 1])));
+#elif SP_VBITS == 128
+    const float32x4_t s = vpaddq_f32(vpaddq_f32(p[0], p[1]), vpaddq_f32(p[2], p[3]));
+    vst1q_f32(dst, vaddq_f32(vld1q_f32(dst), s));
+#elif SP_CUR_F64
+    __m256d y[4];
+    for (int g = 0; g < 4; g++) {
+#if SP_VBITS == 512
+        y[g] = _mm256_add_pd(_mm512_castpd512_pd256(p[g]), _mm512_extractf64x4_pd(p[g], 1));
+#else
+        y[g] = p[g];
+#endif
+    }
+    const __m256d t0 = _mm256_hadd_pd(y[0], y[1]); /* a01 b01 a23 b23 */
+    const __m256d t1 = _mm256_hadd_pd(y[2], y[3]); /* c01 d01 c23 d23 */
+    const __m256d s = _mm256_add_pd(_mm256_permute2f128_pd(t0, t1, 0x20),
+                                    _mm256_permute2f128_pd(t0, t1, 0x31));
+    _mm256_storeu_pd(dst, _mm256_add_pd(_mm256_loadu_pd(dst), s));
+#else
+    __m256 y[4];
+    for (int g = 0; g < 4; g++) {
+#if SP_VBITS == 512
+        y[g] = _mm256_add_ps(_mm512_castps512_ps256(p[g]), _mm512_extractf32x8_ps(p[g], 1));
+#else
+        y[g] = p[g];
+#endif
+    }
+    const __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(y[0], y[1]), _mm256_hadd_ps(y[2], y[3]));
+    /* u: sums of p0..p3 over the low 128-bit half | over the high half */
+    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
+    _mm_storeu_ps(dst, _mm_add_ps(_mm_loadu_ps(dst), s));
 #endif
 }
 

@@ -131,7 +131,12 @@ SP_INLINE void sp_linear_barrier(void)
 #define SP_LINEAR_CV_F32_AVX2 4
 #endif
 #ifndef SP_LINEAR_CVB_F32_AVX2
-#define SP_LINEAR_CVB_F32_AVX2 2
+#define SP_LINEAR_CVB_F32_AVX2 4
+#endif
+/* dW partials reduced 4 at a time: with 16 registers, 4 vectors of X^T, 4 of
+ * dX^T and 8 partials would not fit beside the dY load and the weight */
+#ifndef SP_LINEAR_RG_F32_AVX2
+#define SP_LINEAR_RG_F32_AVX2 4
 #endif
 
 /* NEON (both dtypes): chosen by register count, not measured. */

@@ -242,6 +242,14 @@ static void SP_FN(sp_linear_fwd)(const sp_linear_fwd_args* a)
  * hide the FMA latency. */
 #define SP_LIN_DXSETS (SP_CVB >= 3 ? 1 : 2)
 
+/* Partial dot products reduced together (SP_LINEAR_PAD = 8 is a multiple):
+ * 8 shares the shuffles best, 4 keeps 4 fewer vectors live. */
+#if SP_CUR_ISA == SP_ISA_AVX2 && !SP_CUR_F64
+#define SP_LIN_RG SP_LINEAR_RG_F32_AVX2
+#else
+#define SP_LIN_RG 8
+#endif
+
 /* Nonzeros ahead whose dY^T rows the backward prefetches into L1 (0: no
  * prefetch; overridable to repeat the measurement). */
 #ifdef SP_LINEAR_BWD_PREFETCH
@@ -274,7 +282,6 @@ SP_ALWAYS_INLINE void SP_FN(sp_lin_bwd_columns)(const sp_linear_bwd_args* a, int
         }
         const int64_t qe = colptr[m + 1];
         for (int64_t q = colptr[m]; q < qe; q += SP_LINEAR_PAD) {
-            SP_V prod[8];
             /* the dY^T rows of two groups ahead: the loads are scattered
              * over L2 and their latency, not its bandwidth, limits */
             if (SP_LIN_BWD_PF > 0 && q + SP_LIN_BWD_PF + 8 <= qlim)
@@ -283,29 +290,36 @@ SP_ALWAYS_INLINE void SP_FN(sp_lin_bwd_columns)(const sp_linear_bwd_args* a, int
                     for (int o = 0; o < SP_BCB * (int)sizeof(SP_T); o += 64)
                         __builtin_prefetch(pf + o);
                 }
-            for (int g = 0; g < 8; g++) {
-                const SP_T* dy = dYT + (int64_t)rowidx[q + g] * SP_BCB;
-                const SP_V w = SP_VSET1(vals[q + g]);
-                SP_V d = SP_VLOAD(dy);
-                prod[g] = SP_VMUL(d, xt[0]);
-                if (with_dx) {
-                    if (SP_LIN_DXSETS == 2 && (g & 1))
-                        dxb[0] = SP_VFMA(w, d, dxb[0]);
-                    else
-                        dxa[0] = SP_VFMA(w, d, dxa[0]);
-                }
-                for (int k = 1; k < SP_CVB; k++) {
-                    d = SP_VLOAD(dy + k * SP_VL);
-                    prod[g] = SP_VFMA(d, xt[k], prod[g]);
+            /* the 8 nonzeros in groups of SP_LIN_RG partial dot products */
+            for (int h = 0; h < SP_LINEAR_PAD; h += SP_LIN_RG) {
+                SP_V prod[SP_LIN_RG];
+                for (int g = 0; g < SP_LIN_RG; g++) {
+                    const SP_T* dy = dYT + (int64_t)rowidx[q + h + g] * SP_BCB;
+                    const SP_V w = SP_VSET1(vals[q + h + g]);
+                    SP_V d = SP_VLOAD(dy);
+                    prod[g] = SP_VMUL(d, xt[0]);
                     if (with_dx) {
                         if (SP_LIN_DXSETS == 2 && (g & 1))
-                            dxb[k] = SP_VFMA(w, d, dxb[k]);
+                            dxb[0] = SP_VFMA(w, d, dxb[0]);
                         else
-                            dxa[k] = SP_VFMA(w, d, dxa[k]);
+                            dxa[0] = SP_VFMA(w, d, dxa[0]);
+                    }
+                    for (int k = 1; k < SP_CVB; k++) {
+                        d = SP_VLOAD(dy + k * SP_VL);
+                        prod[g] = SP_VFMA(d, xt[k], prod[g]);
+                        if (with_dx) {
+                            if (SP_LIN_DXSETS == 2 && (g & 1))
+                                dxb[k] = SP_VFMA(w, d, dxb[k]);
+                            else
+                                dxa[k] = SP_VFMA(w, d, dxa[k]);
+                        }
                     }
                 }
+                if (SP_LIN_RG == 8)
+                    SP_FN(sp_reduce8_add)(prod, dW + q);
+                else
+                    SP_FN(sp_reduce4_add)(prod, dW + q + h);
             }
-            SP_FN(sp_reduce8_add)(prod, dW + q);
         }
         if (with_dx)
             for (int k = 0; k < SP_CVB; k++)
@@ -342,6 +356,7 @@ static void SP_FN(sp_linear_bwd)(const sp_linear_bwd_args* a)
 }
 
 #undef SP_LIN_BWD_CB
+#undef SP_LIN_RG
 #undef SP_LIN_BWD_PF
 #undef SP_LIN_DXSETS
 #undef SP_LIN_HAVE_TR
