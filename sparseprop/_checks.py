@@ -75,14 +75,17 @@ def check_result_size(shape, itemsize, what):
     """Raise a clear ValueError if an array of ``shape`` could not be addressed.
 
     NumPy's own error ("array is too big", "Maximum allowed dimension
-    exceeded") names no argument; ``what`` says which input asked for it.
-    Inputs that are broadcast views can describe such sizes without
-    allocating anything.
+    exceeded") names no argument; ``what`` says which input asked for it: a
+    string, or a function returning one (called only to raise, so a call
+    that passes pays nothing for formatting it).  Inputs that are broadcast
+    views can describe such sizes without allocating anything.
     """
     n = 1
     for s in shape:
         n *= int(s)
     if n * itemsize > MAX_BYTES:
+        if callable(what):
+            what = what()
         raise ValueError(
             f"{what}: the result would have shape {tuple(int(s) for s in shape)} "
             f"({n} elements of {itemsize} bytes), more than 64-bit offsets can address "
