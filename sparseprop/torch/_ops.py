@@ -244,24 +244,14 @@ def conv_output_hw(h, w, kh, kw, stride, padding, dilation):
 
 
 def _build_conv(indptr_np, indices_np, weight_shape, dtype):
-    """Validate the CSR structure and build the SparseConvWeight with the same nonzeros.
+    """The SparseConvWeight of a layer's CSR buffers, validated once (as CSR).
 
-    Both keep the nonzeros of the dense weight in C order, so values line up
-    one to one.  O(nnz + out*in/groups): no dense array is formed.
+    Both layouts keep the nonzeros of the dense weight in C order, so values
+    line up one to one.  O(nnz + out*in/groups): no dense array is formed.
     """
-    OC, ICg, KH, KW = weight_shape
-    tagged = _structure.build_csr(indptr_np, indices_np, (OC, ICg * KH * KW), dtype)
-    W = tagged.weight
-    col = W.indices.astype(np.int64)
-    oc = np.repeat(np.arange(OC, dtype=np.int64), np.diff(W.indptr))
-    ic = col // (KH * KW)
-    counts = np.bincount(oc * ICg + ic, minlength=OC * ICg).reshape(OC, ICg)
-    ich = np.zeros((OC, ICg + 1), dtype=np.int64)
-    np.cumsum(counts, axis=1, out=ich[:, 1:])
-    conv_weight = sparseprop.SparseConvWeight(
-        np.zeros(W.nnz, dtype=dtype), W.indptr, ich.reshape(-1), (col // KW) % KH, col % KW,
-        (OC, ICg, KH, KW))
-    return _structure._Tagged(conv_weight, tagged._sp_structure)
+    conv_weight = sparseprop.SparseConvWeight.from_csr(
+        np.zeros(indices_np.shape[0], dtype=dtype), indices_np, indptr_np, weight_shape)
+    return _structure._Tagged(conv_weight, (conv_weight.och, np.array(indices_np)))
 
 
 def _conv_weight(values, indptr, indices, weight_shape):
