@@ -16,10 +16,9 @@ views and wrap the fresh NumPy results with ``torch.from_numpy``.
 ``n_threads`` is an int: 0 means ``torch.get_num_threads()`` read at run time.
 
 Eager fast path.  Calling a custom op that has autograd attached goes through
-the dispatcher and torch's generated autograd wrapper twice per pass; for a
-16x16 layer that cost 0.27 ms per forward + backward against 0.02 ms for
-the two NumPy calls (torch 2.13.0, one core; dense nn.Linear: 0.07 ms); the
-Functions below take 0.20 ms (benchmarks/bench_torch.py).  So, in plain eager
+the dispatcher and torch's generated autograd wrapper twice per pass, which
+on a small layer costs many times the two NumPy calls (the figures are in
+docs/tuning.md; benchmarks/bench_torch.py).  So, in plain eager
 execution, the layers call :class:`EagerLinear` / :class:`EagerConv2d` instead: ordinary
 ``torch.autograd.Function`` s around the *same* implementation functions and
 the same gradient formulas the ops use.  :func:`eager_path_ok` says when that
@@ -392,7 +391,7 @@ class EagerLinear(torch.autograd.Function):
 
     # forward(ctx, ...) rather than a separate setup_context: with the latter
     # Function.apply binds the arguments with inspect.signature on every call
-    # (~50 us); it only matters to torch.func, which never takes this path
+    # (docs/tuning.md); it only matters to torch.func, which never takes this path
     @staticmethod
     def forward(ctx, *inputs):
         y = _linear_impl(*inputs)
