@@ -5,12 +5,16 @@ lookup, the task split) is a measured part of a call: this times
 ``conv2d_forward`` / ``conv2d_backward`` (256x128x3x3 on 8x128x7x7, padding 1,
 and 64x64x3x3 on 2x64x7x7) and ``linear_forward`` / ``linear_backward``
 (3072x768, batch 8), all at 0.99 sparsity, float32, on 1 and 2 threads, plus a
-``SparseConv2d`` forward + backward through the torch façade.
+``SparseConv2d`` forward + backward through the torch façade (with
+``--only torch``: importing torch makes each process start slower).
+One-thread cases count the calling thread's CPU time, two-thread ones wall
+time.
 
 Run:  python benchmarks/bench_overhead.py                 (this build)
       python benchmarks/bench_overhead.py --ab OLD_DIR    (A/B: OLD_DIR holds
       another build's installed ``sparseprop`` folder; each round runs one
-      process per build, in alternating order; medians over the rounds)
+      process per build, in alternating order; each process reports its best
+      run per case, the table the median over the rounds)
 """
 import argparse
 import json
@@ -23,7 +27,7 @@ import time
 import numpy as np
 
 
-def cases():
+def cases(with_torch):
     """(name, fn) pairs; each fn makes one call."""
     import sparseprop as sp
 
@@ -57,8 +61,10 @@ def cases():
                     lambda t=t: sp.linear_forward(X, W, b, n_threads=t)))
         out.append((f"linear_bwd_t{t}",
                     lambda t=t: sp.linear_backward(X, W, dY, n_threads=t)))
+    if not with_torch:
+        return out
 
-    import torch
+    import torch  # only imported here: a process without it starts in a fraction
 
     from sparseprop.torch import SparseConv2d
     torch.set_num_threads(1)
@@ -73,30 +79,36 @@ def cases():
     return out
 
 
-def worker(reps, calls):
-    """{case: median seconds per call} of this process's build."""
+def worker(reps, calls, only):
+    """{case: seconds per call} of this process's build: the best of ``reps``
+    runs of ``calls`` calls (on a shared machine the others are disturbed)."""
     result = {}
-    for name, fn in cases():
+    for name, fn in cases(with_torch=any("torch" in o for o in only)):
+        if only and not any(o in name for o in only):
+            continue
         for _ in range(max(10, calls // 4)):
             fn()
+        # one thread: the calling thread's CPU time (time descheduled by other
+        # processes is not counted); two: wall time
+        clock = time.perf_counter if "_t2" in name else time.thread_time
         per_call = []
         for _ in range(reps):
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(calls):
                 fn()
-            per_call.append((time.perf_counter() - t0) / calls)
-        result[name] = statistics.median(per_call)
+            per_call.append((clock() - t0) / calls)
+        result[name] = min(per_call)  # the least disturbed run of this process
     return result
 
 
-def run_worker(env_path, reps, calls):
+def run_worker(env_path, reps, calls, only):
     env = dict(os.environ)
     if env_path:
         env["PYTHONPATH"] = env_path
     else:
         env.pop("PYTHONPATH", None)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--reps", str(reps),
-           "--calls", str(calls)]
+           "--calls", str(calls)] + [a for o in only for a in ("--only", o)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.abspath(__file__)))
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -106,12 +118,14 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ab", metavar="OLD_DIR", help="folder holding the other build")
-    p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--reps", type=int, default=9)
-    p.add_argument("--calls", type=int, default=200)
+    p.add_argument("--rounds", type=int, default=16)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--calls", type=int, default=100)
+    p.add_argument("--only", action="append", default=[], metavar="SUBSTR",
+                   help="only the cases whose name contains SUBSTR (repeatable)")
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.reps, args.calls)))
+        print(json.dumps(worker(args.reps, args.calls, args.only)))
         return
     builds = {"new": None}
     if args.ab:
@@ -120,7 +134,7 @@ def main():
     for r in range(args.rounds):
         order = list(builds) if r % 2 == 0 else list(builds)[::-1]
         for b in order:
-            rows[b].append(run_worker(builds[b], args.reps, args.calls))
+            rows[b].append(run_worker(builds[b], args.reps, args.calls, args.only))
     names = list(rows["new"][0])
     head = f"{'case':<26}" + "".join(f"{b + ' us':>10}" for b in builds)
     print(head + ("   new/old" if args.ab else ""))
