@@ -79,11 +79,8 @@ def interleaved_times(fns, rounds, warmup=2, clock="wall", stat="median"):
     ``stat="min"`` keeps each closure's least disturbed round.
 
     The ``warmup`` rounds are interleaved like the timed ones: the allocator
-    settles into the pattern it will see.  (Warming each closure up on its
-    own left that to the timed rounds: on this project's VM, with torch's
-    calls in between, the linear benchmark's 11 MB outputs came on fresh
-    pages for the first 7 calls - ~660 page faults each - and the sparse
-    forward at 1 thread took 27-37 ms instead of 8.)
+    settles into the pattern it will see (warming each closure up on its own
+    left fresh pages to the timed rounds; docs/tuning.md).
     """
     now = CLOCKS[clock]
     reduce = statistics.median if stat == "median" else min

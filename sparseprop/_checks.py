@@ -75,14 +75,17 @@ def check_result_size(shape, itemsize, what):
     """Raise a clear ValueError if an array of ``shape`` could not be addressed.
 
     NumPy's own error ("array is too big", "Maximum allowed dimension
-    exceeded") names no argument; ``what`` says which input asked for it.
-    Inputs that are broadcast views can describe such sizes without
-    allocating anything.
+    exceeded") names no argument; ``what`` says which input asked for it: a
+    string, or a function returning one (called only to raise, so a call
+    that passes pays nothing for formatting it).  Inputs that are broadcast
+    views can describe such sizes without allocating anything.
     """
     n = 1
     for s in shape:
         n *= int(s)
     if n * itemsize > MAX_BYTES:
+        if callable(what):
+            what = what()
         raise ValueError(
             f"{what}: the result would have shape {tuple(int(s) for s in shape)} "
             f"({n} elements of {itemsize} bytes), more than 64-bit offsets can address "
@@ -98,8 +101,8 @@ def empty_aligned(shape, dtype=np.float32, align=64):
 
     NumPy's allocator promises 16 bytes.  The kernels store whole 64-byte
     segments of rows (a segment straddling two cache lines leaves both half
-    written: the linear forward measured 15-30% slower) and the conv forward
-    streams tiles with aligned non-temporal stores.  Every result array is
+    written; see docs/tuning.md) and the conv forward streams tiles with
+    aligned non-temporal stores.  Every result array is
     allocated with this; allocate ``out=`` / ``out_dx=`` buffers with it too.
 
     Parameters
@@ -119,7 +122,7 @@ def empty_aligned(shape, dtype=np.float32, align=64):
         raise ValueError(f"align must be a power of two multiple of the item size "
                          f"({dt.itemsize}); got {align}")
     shape = tuple(shape) if np.iterable(shape) else (shape,)
-    n = math.prod(shape)  # Python ints: no overflow, and ~10x cheaper than np.prod here
+    n = math.prod(shape)  # Python ints: no overflow, and cheaper than np.prod (docs/tuning.md)
     buf = np.empty(n + align // dt.itemsize, dtype=dt)
     # NumPy's data is at least itemsize-aligned, so the gap is whole elements
     off = (-buf.__array_interface__["data"][0]) % align // dt.itemsize

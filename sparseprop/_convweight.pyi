@@ -21,6 +21,17 @@ class SparseConvWeight:
     def from_dense(cls, array: npt.ArrayLike, *, dtype: npt.DTypeLike | None = ...) -> Self: ...
     @classmethod
     def from_torch(cls, tensor: Any, *, dtype: npt.DTypeLike | None = ...) -> Self: ...
+    @classmethod
+    def from_csr(
+        cls,
+        data: npt.ArrayLike,
+        indices: npt.ArrayLike,
+        indptr: npt.ArrayLike,
+        shape: tuple[int, int, int, int],
+        *,
+        dtype: npt.DTypeLike | None = ...,
+        copy: bool = ...,
+    ) -> Self: ...
     @property
     def data(self) -> np.ndarray: ...
     @property

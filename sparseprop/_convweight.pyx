@@ -21,6 +21,8 @@ import numpy as np
 
 cimport numpy as cnp
 
+from sparseprop import _formats
+
 cnp.import_array()
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -65,6 +67,22 @@ def _as_int_array(arr, name):
     if a.dtype.kind == "u" and a.size and a.max() > np.iinfo(np.int64).max:
         raise ValueError(f"{name} holds values beyond int64")
     return a.astype(np.int64, copy=False)
+
+
+def _as_values(data, dtype, copy):
+    """``data`` as a C-contiguous, aligned 1-D float32/float64 array."""
+    arr = np.asarray(data)
+    if dtype is None:
+        if arr.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"data must have dtype float32 or float64; got {arr.dtype} "
+                            "(pass dtype= to convert)")
+        dt = arr.dtype
+    else:
+        dt = _float_dtype(dtype, "dtype")
+    if arr.ndim != 1:
+        raise ValueError(f"data must be 1-D; got shape {arr.shape}")
+    return np.require(np.array(arr, dtype=dt, order="C", copy=True if copy else None),
+                      requirements="A")
 
 
 def _check_structure(och, ich, krow, kcol, shape):
@@ -167,18 +185,7 @@ cdef class SparseConvWeight:
 
     def __init__(self, data, och, ich, krow, kcol, shape, *, dtype=None, copy=True):
         shape = _as_shape4(shape)
-        arr = np.asarray(data)
-        if dtype is None:
-            if arr.dtype not in _FLOAT_DTYPES:
-                raise TypeError(f"data must have dtype float32 or float64; got {arr.dtype} "
-                                "(pass dtype= to convert)")
-            dt = arr.dtype
-        else:
-            dt = _float_dtype(dtype, "dtype")
-        if arr.ndim != 1:
-            raise ValueError(f"data must be 1-D; got shape {arr.shape}")
-        values = np.require(np.array(arr, dtype=dt, order="C", copy=True if copy else None),
-                            requirements="A")
+        values = _as_values(data, dtype, copy)
         o = _as_int_array(och, "och")
         i = _as_int_array(ich, "ich")
         kr = _as_int_array(krow, "krow")
@@ -251,6 +258,67 @@ cdef class SparseConvWeight:
         np.cumsum(counts, axis=1, out=ich[:, 1:])
         return cls._from_checked(values, och, ich.astype(np.int32).ravel(),
                                  kr.astype(np.int32), kc.astype(np.int32), shape)
+
+    @classmethod
+    def from_csr(cls, data, indices, indptr, shape, *, dtype=None, copy=True):
+        """Build from the CSR structure of the weight viewed as a matrix.
+
+        The matrix is ``(out_channels, in_channels // groups * kernel_h *
+        kernel_w)``: row ``oc`` holds the nonzeros of ``dense[oc].ravel()``,
+        which is how the sparseprop.torch layers store a conv weight.  Both
+        layouts keep the nonzeros in C order of the dense weight, so
+        ``data`` is used as it is.  The CSR structure is validated once; the
+        conv structure derived from it is valid by construction.
+
+        Parameters
+        ----------
+        data : array_like, shape (nnz,)
+            Stored values, float32 or float64 (or anything, with ``dtype=``).
+        indices : array_like of int, shape (nnz,)
+            Column of each value in its row: ``(ic * kernel_h + kr) * kernel_w + kc``.
+        indptr : array_like of int, shape (out_channels + 1,)
+            Row ``oc`` holds ``data[indptr[oc]:indptr[oc + 1]]``.
+        shape : tuple of 4 ints
+            ``(out_channels, in_channels // groups, kernel_h, kernel_w)``.
+        dtype : float32 or float64, optional
+            Convert the values to this dtype.
+        copy : bool, default True
+            Copy ``data`` even when no conversion is needed.
+
+        Returns
+        -------
+        SparseConvWeight
+
+        Raises
+        ------
+        ValueError
+            If (indptr, indices) is not a valid CSR structure of that matrix
+            (lengths, ranges, order within a row, duplicates).
+        """
+        shape = _as_shape4(shape)
+        OC, ICg, KH, KW = shape
+        values = _as_values(data, dtype, copy)
+        ptr = np.array(_as_int_array(indptr, "indptr"), dtype=np.int64)  # a copy: kept
+        col = _as_int_array(indices, "indices")
+        if values.shape[0] != col.shape[0]:
+            raise ValueError(f"data and indices must have the same length; got "
+                             f"{values.shape[0]} and {col.shape[0]}")
+        problem = _formats._csr_problem(ptr, col, (OC, ICg * KH * KW))
+        if problem is not None:
+            raise ValueError(f"invalid CSR structure of a conv weight of shape {shape} (as an "
+                             f"{OC} x {ICg * KH * KW} matrix): {problem}")
+        taps = max(KH * KW, 1)  # no column exists when a kernel side is 0
+        oc = np.repeat(np.arange(OC, dtype=np.int64), np.diff(ptr))
+        ic, tap = np.divmod(col, taps)
+        kr, kc = np.divmod(tap, max(KW, 1))
+        counts = np.bincount(oc * ICg + ic, minlength=OC * ICg).reshape(OC, ICg)
+        ich = np.zeros((OC, ICg + 1), dtype=np.int32)
+        np.cumsum(counts, axis=1, out=ich[:, 1:])
+        coords = (oc, ic, kr, kc)
+        for a in coords:
+            a.flags.writeable = False
+        return cls._from_checked(values, ptr, ich.ravel(), kr.astype(np.int32),
+                                 kc.astype(np.int32), shape, {"coords": coords})
 
     @classmethod
     def from_torch(cls, tensor, *, dtype=None):

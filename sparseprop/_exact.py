@@ -25,10 +25,11 @@ _CHUNK = 1 << 22
 def conv2d_backward(X4, W, dY4, geo, need_dx):
     """(dX or None, dW) of a conv2d whose weight or gradient is not finite.
 
-    ``X4``, ``dY4`` are 4-D (batch, channels, H, W); ``geo`` is what
-    ``sparseprop._conv2d._geometry`` returned for them.
+    ``X4``, ``dY4`` are 4-D (batch, channels, H, W); ``geo`` is the
+    :class:`sparseprop._conv_plan.ConvGeometry` of the call.
     """
-    sh, sw, pt, pb, pl, pr, dh, dw, groups, OH, OW = geo
+    sh, sw, pt, pb, pl, pr = geo.sh, geo.sw, geo.pt, geo.pb, geo.pl, geo.pr
+    dh, dw, groups, OH, OW = geo.dh, geo.dw, geo.groups, geo.OH, geo.OW
     B, C, H, Wd = X4.shape
     OC, ICg = W.shape[0], W.shape[1]
     dtype = W.dtype

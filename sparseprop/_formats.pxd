@@ -11,7 +11,7 @@ cdef class _CompressedMatrix:
     cdef object _indptr
     # dict shared by every matrix built on the same (immutable) structure:
     # derived layouts (the transposed structure, kernel plans) cached per mask
-    cdef object _cache
+    cdef readonly object _cache
 
     cdef _init_checked(self, values, indices, indptr, tuple shape, cache)
 

@@ -104,6 +104,14 @@ cdef object _check_structure(const int64_t[::1] indptr, const int64_t[::1] indic
     return None
 
 
+def _csr_problem(indptr, indices, shape):
+    """None if int64 (indptr, indices) is a valid CSR structure of ``shape``,
+    else a message naming the first problem (the check CSRMatrix runs)."""
+    return _check_structure(np.ascontiguousarray(indptr, dtype=np.int64),
+                            np.ascontiguousarray(indices, dtype=np.int64),
+                            shape[0], shape[1], "row", "column")
+
+
 cdef class _CompressedMatrix:
     """Common machinery of CSRMatrix and CSCMatrix (not public)."""
 

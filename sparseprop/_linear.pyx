@@ -1,8 +1,9 @@
 """Sparse linear layer: forward and backward from NumPy (the paper's Algorithm 1).
 
-The math lives in include/sparseprop/linear.h; this module validates inputs,
-builds the per-mask kernel plan, splits the work into thread tasks and runs
-them with the GIL released.
+The math lives in include/sparseprop/linear.h and the per-mask plans (the
+orders the kernels walk W in, the cut into thread tasks) in
+sparseprop/_linear_plan.py; this module validates inputs and runs the
+kernels with the GIL released.
 
 Threading: the batch is cut into chunks of ``chunk`` rows (the kernel's SIMD
 width times a few vectors).  Tasks own contiguous runs of chunks, and when
@@ -19,9 +20,13 @@ from cython.parallel cimport parallel, prange, threadid
 from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memset
 
-from sparseprop._formats cimport CSRMatrix, _CompressedMatrix
+from sparseprop._formats cimport _CompressedMatrix
+from sparseprop._memory cimport data_ptr as _ptr
+from sparseprop._memory cimport round_up64
 
 from sparseprop import _config
+from sparseprop._linear_plan import (backward_plan, backward_split, forward_blocks,
+                                     forward_plan, forward_split)
 from sparseprop._checks import as_float_array, check_bias, row_stride, rows_view, scratch
 from sparseprop._checks import check_result_size, output_array
 
@@ -95,11 +100,6 @@ cdef int64_t _SERIAL_WORK = 1 << 16
 # Below this many values a gather/scatter of the weights runs on one thread.
 cdef int64_t _SERIAL_VALUES = 1 << 13
 
-# Fixed cost of one output row (forward) / input column (backward) of a chunk,
-# in nonzeros, when the work is balanced between threads.
-cdef int64_t _ROW_COST = 4
-cdef int64_t _COL_COST = 8
-
 # Threads of the most recent parallel region (diagnostic for the tests).
 cdef int _last_team = 0
 
@@ -111,10 +111,6 @@ def _last_team_size():
 
 cdef inline sp_linear_kernels _kernels(dtype):
     return _KERNELS_F64 if dtype == np.float64 else _KERNELS_F32
-
-
-cdef inline char* _ptr(arr):
-    return <char*> cnp.PyArray_DATA(<cnp.ndarray> arr)
 
 
 cdef object _rows2d(arr, str name):
@@ -144,39 +140,6 @@ cdef int _threads_for(object n_threads, int64_t work):
     return n
 
 
-def _split_flat(cost_cum, int64_t n_chunks, int64_t parts, int64_t align):
-    """Cut the (chunk, index) work of a pass into ``parts`` pieces of equal cost.
-
-    The work is every index (output row or input column) of every batch chunk,
-    in chunk-major order; ``cost_cum`` is the cumulative cost of the indices
-    of one chunk (length n + 1).  Returns (chunk, index) boundaries, arrays
-    of length parts + 1: piece t runs from (bc[t], bi[t]) up to (bc[t+1],
-    bi[t+1]), exclusive.  Inner boundaries are rounded to multiples of
-    ``align`` so a piece that starts inside a chunk starts on a tile.
-    """
-    cost_cum = np.asarray(cost_cum, dtype=np.int64)
-    n = cost_cum.shape[0] - 1
-    per_chunk = int(cost_cum[-1])
-    bc = np.zeros(parts + 1, dtype=np.int64)
-    bi = np.zeros(parts + 1, dtype=np.int64)
-    bc[parts] = n_chunks
-    if per_chunk <= 0:
-        return bc, bi
-    total = per_chunk * n_chunks
-    for t in range(1, parts):
-        target = total * t // parts
-        c, rem = divmod(target, per_chunk)
-        i = int(np.searchsorted(cost_cum, rem, side="left"))
-        i = min(n, (i + align // 2) // align * align)
-        if i >= n:
-            c, i = c + 1, 0
-        # keep the boundaries ordered
-        if (c, i) < (bc[t - 1], bi[t - 1]):
-            c, i = bc[t - 1], bi[t - 1]
-        bc[t], bi[t] = c, i
-    return bc, bi
-
-
 ctypedef fused real:
     float
     double
@@ -201,70 +164,6 @@ cdef inline void _gather_part(int is_f64, const char* data, const int64_t* perm,
 
 
 # ---------------------------------------------------------------- forward
-
-# Tests set this (through _force_forward_blocks) to walk every block count.
-cdef int64_t _forced_blocks = 0
-
-
-def _force_forward_blocks(n):
-    """Make the forward cut W into ``n`` column blocks (0: choose; for tests)."""
-    global _forced_blocks
-    _forced_blocks = int(n)
-
-
-def _forward_blocks(int64_t M, int64_t N, int64_t nnz, int64_t chunk, int64_t itemsize):
-    """How many column blocks the forward cuts W into.
-
-    A block of X^T (its columns x the chunk's lanes) should stay in L1 while
-    every row's entries of the block are walked, but each extra block costs a
-    pass over the rows' partial sums: blocks of about 32 KiB, and only as
-    many as keep a row's entries per block at 16 or more on average.
-    """
-    if _forced_blocks > 0:
-        return int(_forced_blocks)
-    if M <= 0 or N <= 0:
-        return 1
-    by_cache = -(-(M * chunk * itemsize) // 32768)
-    by_length = (nnz // N) // 16
-    return int(max(1, min(by_cache, by_length, M // 16)))
-
-
-def _forward_plan(_CompressedMatrix W, int64_t nblk):
-    """(ptr, indices, perm, blk_cols): W's nonzeros as the forward kernel walks them.
-
-    Blocks of columns one after the other, each in CSR order (nblk == 1:
-    plain CSR).  ``perm`` maps a kernel position to a position of W.data
-    (None when it is the identity); ``blk_cols`` holds the block boundaries.
-    Built once per mask and block count.
-    """
-    key = ("linear_forward", nblk)
-    plan = W._cache.get(key)
-    if plan is not None:
-        return plan
-    N, M = W.shape
-    if isinstance(W, CSRMatrix):
-        ptr, idx, perm = W.indptr, W.indices, None
-    else:
-        perm, ptr, idx = W._transposed_structure()
-    blk_cols = np.zeros(nblk + 1, dtype=np.int64)
-    if nblk > 1:
-        blk_cols[:] = (M * np.arange(nblk + 1) // nblk) // 16 * 16
-        blk_cols[-1] = M
-        row_of = np.repeat(np.arange(N, dtype=np.int64), np.diff(ptr))
-        blk_of = np.searchsorted(blk_cols, idx, side="right") - 1
-        key_of = blk_of * N + row_of
-        order = np.argsort(key_of, kind="stable")
-        ptr = np.zeros(nblk * N + 1, dtype=np.int64)
-        np.cumsum(np.bincount(key_of, minlength=nblk * N), out=ptr[1:])
-        idx = np.ascontiguousarray(idx[order], dtype=np.int32)
-        perm = order.astype(np.int64) if perm is None else np.ascontiguousarray(perm[order])
-    plan = (ptr, idx, perm, blk_cols)
-    for arr in plan:
-        if arr is not None:
-            arr.flags.writeable = False
-    W._cache[key] = plan
-    return plan
-
 
 cdef void _forward_range(sp_linear_fwd_fn fn, int64_t chunk, int itemsize,
                          const char* Xp, char* Yp, int64_t B, int64_t c, int64_t r,
@@ -339,8 +238,8 @@ def linear_forward(X, W, bias=None, *, n_threads=None, out=None):
     cdef int64_t chunk = K.fwd_chunk
     cdef int itemsize = dtype.itemsize
     cdef int64_t nnz = W.nnz
-    cdef int64_t nblk = _forward_blocks(M, N, nnz, chunk, itemsize)
-    ptr, indices, perm, blk_cols = _forward_plan(W, nblk)
+    cdef int64_t nblk = forward_blocks(M, N, nnz, chunk, itemsize)
+    ptr, indices, perm, blk_cols = forward_plan(W, nblk)
     cdef int64_t n_chunks = (B + chunk - 1) // chunk
     cdef int T = _threads_for(n_threads, B * (nnz + N))
     cdef int Tg = T if nnz >= _SERIAL_VALUES else 1
@@ -361,17 +260,8 @@ def linear_forward(X, W, bias=None, *, n_threads=None, out=None):
     cdef const int64_t[::1] bcv
     cdef const int64_t[::1] biv
     if tasks > 1:
-        key = ("linear_forward_split", nblk, n_chunks, tasks)
-        split = (<_CompressedMatrix> W)._cache.get(key)
-        if split is None:
-            # a row's cost: its entries (over all blocks) plus a fixed part
-            cost = np.zeros(N + 1, dtype=np.int64)
-            np.cumsum(np.diff(np.asarray(ptr)).reshape(nblk, N).sum(axis=0) + _ROW_COST,
-                      out=cost[1:])
-            split = _split_flat(cost, n_chunks, tasks, SP_LINEAR_FWD_TILE)
-            (<_CompressedMatrix> W)._cache[key] = split
-        bcv, biv = split
-    cdef int64_t per_task = (sp_linear_fwd_scratch(chunk, M, N, nblk) * itemsize + 63) // 64 * 64
+        bcv, biv = forward_split(W, ptr, nblk, n_chunks, tasks, SP_LINEAR_FWD_TILE)
+    cdef int64_t per_task = round_up64(sp_linear_fwd_scratch(chunk, M, N, nblk) * itemsize)
     buf = scratch(per_task * tasks)
 
     cdef sp_linear_fwd_args base
@@ -421,40 +311,6 @@ def linear_forward(X, W, bias=None, *, n_threads=None, out=None):
 
 
 # ---------------------------------------------------------------- backward
-
-def _backward_plan(_CompressedMatrix W):
-    """The padded CSC structure the backward kernel walks, built once per mask.
-
-    Returns (colptr, rowidx, slot): each column's list is padded to a
-    multiple of SP_LINEAR_PAD with dummies whose row is N (an all-zero row
-    of dY^T in the kernel); ``slot[i]`` is the padded position of W.data[i].
-    """
-    plan = W._cache.get("linear_backward")
-    if plan is not None:
-        return plan
-    N, M = W.shape
-    if isinstance(W, CSRMatrix):
-        perm, ptr, idx = W._transposed_structure()
-    else:
-        ptr, idx = W.indptr, W.indices
-        perm = np.arange(W.nnz, dtype=np.int64)
-    counts = np.diff(ptr)
-    pad = SP_LINEAR_PAD
-    padded = (counts + pad - 1) // pad * pad
-    colptr = np.zeros(M + 1, dtype=np.int64)
-    np.cumsum(padded, out=colptr[1:])
-    col_of = np.repeat(np.arange(M, dtype=np.int64), counts)
-    slot_csc = colptr[col_of] + (np.arange(W.nnz, dtype=np.int64) - ptr[col_of])
-    rowidx = np.full(int(colptr[-1]), N, dtype=np.int32)
-    rowidx[slot_csc] = idx
-    slot = np.empty(W.nnz, dtype=np.int64)
-    slot[perm] = slot_csc
-    plan = (colptr, rowidx, slot)
-    for a in plan:
-        a.flags.writeable = False
-    W._cache["linear_backward"] = plan
-    return plan
-
 
 cdef inline void _scatter_values(const real* data, const int64_t* slot, real* vals_pad,
                                  int64_t i0, int64_t i1) noexcept nogil:
@@ -594,7 +450,7 @@ def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None, out_dx=No
         return dX_out, np.zeros(nnz, dtype=dtype)
 
     dW = np.empty(nnz, dtype=dtype)
-    colptr, rowidx, slot = _backward_plan(W)
+    colptr, rowidx, slot = backward_plan(W, SP_LINEAR_PAD)
     cdef int64_t nnz_pad = rowidx.shape[0]
     cdef int itemsize = dtype.itemsize
     cdef sp_linear_kernels K = _kernels(dtype)
@@ -606,17 +462,11 @@ def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None, out_dx=No
     cdef const int64_t[::1] bcv
     cdef const int64_t[::1] bmv
     if tasks > 1:
-        key = ("linear_backward_split", n_chunks, tasks)
-        split = (<_CompressedMatrix> W)._cache.get(key)
-        if split is None:
-            cost = np.asarray(colptr) + _COL_COST * np.arange(M + 1, dtype=np.int64)
-            split = _split_flat(cost, n_chunks, tasks, 1)
-            (<_CompressedMatrix> W)._cache[key] = split
-        bcv, bmv = split
+        bcv, bmv = backward_split(W, colptr, n_chunks, tasks)
 
-    cdef int64_t vals_bytes = (nnz_pad * itemsize + 63) // 64 * 64
+    cdef int64_t vals_bytes = round_up64(nnz_pad * itemsize)
     cdef int64_t partial_bytes = vals_bytes
-    cdef int64_t per_task = (sp_linear_bwd_scratch(chunk, N) * itemsize + 63) // 64 * 64
+    cdef int64_t per_task = round_up64(sp_linear_bwd_scratch(chunk, N) * itemsize)
     buf = scratch(vals_bytes + tasks * (partial_bytes + per_task))
     cdef char* vals_p = _ptr(buf)
     cdef char* pp = vals_p + vals_bytes

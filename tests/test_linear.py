@@ -110,10 +110,10 @@ def test_few_chunks_split_rows_and_columns(dtype, batch, n_threads, rng):
 @pytest.fixture
 def forced_blocks():
     """Force the forward's column-block count; always reset afterwards."""
-    from sparseprop import _linear
+    from sparseprop import _linear_plan
 
-    yield _linear._force_forward_blocks
-    _linear._force_forward_blocks(0)
+    yield _linear_plan.force_forward_blocks
+    _linear_plan.force_forward_blocks(0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -139,26 +139,26 @@ def test_forward_column_blocks(dtype, nblk, n_threads, forced_blocks, rng):
 
 
 def test_forward_block_count_heuristic():
-    from sparseprop import _linear
+    from sparseprop import _linear_plan
 
     # the paper's layer: blocks at 80% sparsity, none at 99% (short rows)
-    assert _linear._forward_blocks(768, 3072, 3072 * 768 // 5, 32, 4) > 1
-    assert _linear._forward_blocks(768, 3072, 3072 * 768 // 100, 32, 4) == 1
+    assert _linear_plan.forward_blocks(768, 3072, 3072 * 768 // 5, 32, 4) > 1
+    assert _linear_plan.forward_blocks(768, 3072, 3072 * 768 // 100, 32, 4) == 1
     # never more blocks than 16-column groups, never fewer than one
-    assert _linear._forward_blocks(20, 5, 100, 32, 8) == 1
-    assert _linear._forward_blocks(0, 5, 0, 32, 4) == 1
+    assert _linear_plan.forward_blocks(20, 5, 100, 32, 8) == 1
+    assert _linear_plan.forward_blocks(0, 5, 0, 32, 4) == 1
 
 
 @pytest.mark.parametrize("parts", [2, 3, 5, 8])
 @pytest.mark.parametrize("align", [1, 16])
 def test_work_split_is_ordered_complete_and_balanced(parts, align, rng):
-    from sparseprop import _linear
+    from sparseprop import _tasks
 
     for n, n_chunks in [(1, 1), (7, 3), (100, 1), (333, 4), (3072, 15)]:
         row_cost = rng.integers(0, 50, n) + 4
         cum = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(row_cost, out=cum[1:])
-        bc, bi = _linear._split_flat(cum, n_chunks, parts, align)
+        bc, bi = _tasks.split_work(cum, parts, n_chunks, align)
         assert len(bc) == len(bi) == parts + 1
         assert (bc[0], bi[0]) == (0, 0) and (bc[-1], bi[-1]) == (n_chunks, 0)
         flat = bc * (n + 1) + bi

@@ -56,4 +56,4 @@ def test_conv2d_stride_past_the_input_is_exact_and_small(rng):
         np.testing.assert_allclose(dX, Xt.grad.numpy(), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(dW, Wt.grad.numpy()[Wd != 0], rtol=1e-5, atol=1e-4)
     plan = next(iter(W._cache["conv2d"].values()))
-    assert plan["plane_x"] < 10_000     # the packed input stays the size of the input
+    assert plan.plane_x < 10_000     # the packed input stays the size of the input

@@ -40,10 +40,9 @@ from sparseprop.torch._masks import (
     DenseGradients,
     GradualMagnitudePruner,
     cubic_sparsity,
-    remap_optimizer_state,
-    replace_parameter,
     rigl_update_,
 )
+from sparseprop.torch._optim_state import remap_optimizer_state, replace_parameter
 
 __all__ = [
     "DenseGradients",

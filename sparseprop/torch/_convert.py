@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 import sparseprop
 from sparseprop.torch._layers import SparseConv2d, SparseLinear, _SparseLayer, dense_weight_of
@@ -288,11 +289,7 @@ def _plain_type(module):
     MultiheadAttention's ``out_proj``) may be used through their ``.weight``
     rather than their forward.
     """
-    cls = type(module)
-    if getattr(module, "parametrizations", None) is not None and cls.__name__.startswith(
-            "Parametrized"):
-        cls = cls.__bases__[0]
-    return cls
+    return parametrize.type_before_parametrizations(module)
 
 
 def _to_sparse(module, n_threads, algorithm="auto"):

@@ -13,8 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from sparseprop.torch import _ops
+from sparseprop.torch._optim_state import remap_optimizer_state
 
 __all__ = ["SparseConv2d", "SparseLinear", "dense_weight_of", "weight_sparsity"]
 
@@ -23,11 +25,10 @@ __all__ = ["SparseConv2d", "SparseLinear", "dense_weight_of", "weight_sparsity"]
 
 def _parametrization_mask(module, name):
     """The product of the masks of ``name``'s parametrizations (torch.ao.pruning), or None."""
-    params = getattr(module, "parametrizations", None)
-    if params is None or name not in params:
+    if not parametrize.is_parametrized(module, name):
         return None
     mask = None
-    for p in params[name]:
+    for p in module.parametrizations[name]:
         m = getattr(p, "mask", None)
         if isinstance(m, torch.Tensor):
             m = m.detach().bool()
@@ -263,7 +264,6 @@ class _SparseLayer(nn.Module):
         self.indptr = indptr
         self.indices = (new_positions - rows * cols).to(torch.int32)
         if optimizer is not None:
-            from sparseprop.torch._masks import remap_optimizer_state
             remap_optimizer_state(optimizer, self.values, source, old_nnz)
         return source
 

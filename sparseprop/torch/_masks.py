@@ -1,18 +1,6 @@
-"""Masks that change during training: optimizer state, dense gradients, gradual pruning.
+"""Masks that change during training: dense gradients, RigL, gradual pruning.
 
-Optimizer state
----------------
-A sparse layer's ``values`` Parameter changes length when its mask changes
-(:meth:`~SparseLinear.prune_`, :meth:`~SparseLinear.regrow_`,
-:meth:`~SparseLinear.set_mask_`).  The Parameter *object* is kept (so the
-optimizer still holds it), but per-element state such as SGD's
-``momentum_buffer`` or Adam's ``exp_avg`` / ``exp_avg_sq`` refers to the old
-slots.  Pass ``optimizer=`` to those methods (or call
-:func:`remap_optimizer_state` yourself): kept entries keep their state, new
-entries start at zero, dropped entries' state is discarded; scalar state
-(Adam's ``step``) is unchanged.  Without it, the stale state has the old
-length and the next ``optimizer.step()`` fails with a size mismatch - never
-silently wrong.
+Optimizer state follows every mask change (see ``_optim_state``).
 
 Dense gradients (RigL)
 ----------------------
@@ -31,63 +19,17 @@ import math
 import torch
 import torch.nn.utils.prune as torch_prune
 from torch import nn
+from torch.nn.utils import parametrize
 
 from sparseprop.torch._layers import SparseConv2d, SparseLinear, _SparseLayer, dense_weight_of
+from sparseprop.torch._optim_state import replace_parameter
 
 __all__ = [
     "DenseGradients",
     "GradualMagnitudePruner",
     "cubic_sparsity",
-    "remap_optimizer_state",
-    "replace_parameter",
     "rigl_update_",
 ]
-
-
-def remap_optimizer_state(optimizer, param, source, old_shape):
-    """Keep ``optimizer``'s per-element state of ``param`` aligned with a new structure.
-
-    Parameters
-    ----------
-    optimizer : torch.optim.Optimizer
-    param : nn.Parameter
-        The parameter whose elements were rearranged (already resized).
-    source : (new_numel,) int64 tensor
-        For each new element, the index of the old (flattened) element it
-        continues, or -1 for a new element (its state starts at zero).
-    old_shape : int or tuple
-        The shape the state tensors had; only tensors of exactly that shape
-        are remapped (scalars such as Adam's ``step`` are left alone).
-    """
-    state = optimizer.state.get(param)
-    if not state:
-        return
-    old_shape = (old_shape,) if isinstance(old_shape, int) else tuple(old_shape)
-    source = torch.as_tensor(source, dtype=torch.int64)
-    found = source >= 0
-    src = source[found]
-    for key, value in list(state.items()):
-        if isinstance(value, torch.Tensor) and tuple(value.shape) == old_shape and value.dim():
-            new = value.new_zeros(param.shape)
-            new.view(-1)[found] = value.reshape(-1)[src]
-            state[key] = new
-
-
-def replace_parameter(optimizer, old, new, source=None):
-    """Put ``new`` where ``old`` was in ``optimizer`` (param groups and state).
-
-    Per-element state tensors of ``old``'s shape are gathered at ``source``
-    (flat indices into ``old``, -1 for zero-initialised elements); None means
-    the elements correspond one to one.
-    """
-    for group in optimizer.param_groups:
-        group["params"] = [new if p is old else p for p in group["params"]]
-    if old in optimizer.state:
-        state = optimizer.state.pop(old)
-        if source is None:
-            source = torch.arange(new.numel())
-        optimizer.state[new] = state
-        remap_optimizer_state(optimizer, new, source, tuple(old.shape))
 
 
 def _sparse_layers(model_or_layers):
@@ -167,8 +109,8 @@ def rigl_update_(layer, fraction, dense_grad, *, optimizer=None):
     Drops the ``round(fraction * nnz)`` stored weights of smallest magnitude,
     then grows as many connections where ``|dense_grad|`` is largest among the
     positions not stored after the drop (a just-dropped position may come
-    back; it restarts from zero).  Optimizer state follows the rules in the
-    module documentation when ``optimizer`` is given.
+    back; it restarts from zero).  Optimizer state follows the rules of
+    :func:`remap_optimizer_state` when ``optimizer`` is given.
 
     Returns the (nnz,) map from new slots to the slots before the update
     (-1 for grown ones).
@@ -209,7 +151,8 @@ class GradualMagnitudePruner:
     zero); once a layer is at least ``convert_at`` sparse it is replaced in the
     model by :class:`SparseLinear` / :class:`SparseConv2d` (same values, same
     bias Parameter) and later steps prune it in place.  When ``optimizer`` is
-    given its param groups and state follow every change (see the module doc).
+    given its param groups and state follow every change (see
+    :func:`remap_optimizer_state`).
 
     Call :meth:`step` once per training step, after ``optimizer.step()``.
     Pruning happens at ``begin_step, begin_step + frequency, ...`` up to
@@ -360,9 +303,8 @@ class GradualMagnitudePruner:
             m.weight_mask.copy_(mask.to(m.weight_mask.dtype))
             m.weight = m.weight_orig * m.weight_mask  # what the pre-hook computes
         else:
-            params = getattr(m, "parametrizations", None)
-            if params is not None and "weight" in params:
-                for p in params["weight"]:
+            if parametrize.is_parametrized(m, "weight"):
+                for p in m.parametrizations["weight"]:
                     if isinstance(getattr(p, "mask", None), torch.Tensor):
                         p.mask.copy_(mask.to(p.mask.dtype))  # a subset of the old mask
                         return

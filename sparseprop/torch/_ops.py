@@ -16,10 +16,9 @@ views and wrap the fresh NumPy results with ``torch.from_numpy``.
 ``n_threads`` is an int: 0 means ``torch.get_num_threads()`` read at run time.
 
 Eager fast path.  Calling a custom op that has autograd attached goes through
-the dispatcher and torch's generated autograd wrapper twice per pass; for a
-16x16 layer that cost 0.27 ms per forward + backward against 0.02 ms for
-the two NumPy calls (torch 2.13.0, one core; dense nn.Linear: 0.07 ms); the
-Functions below take 0.20 ms (benchmarks/bench_torch.py).  So, in plain eager
+the dispatcher and torch's generated autograd wrapper twice per pass, which
+on a small layer costs many times the two NumPy calls (the figures are in
+docs/tuning.md; benchmarks/bench_torch.py).  So, in plain eager
 execution, the layers call :class:`EagerLinear` / :class:`EagerConv2d` instead: ordinary
 ``torch.autograd.Function`` s around the *same* implementation functions and
 the same gradient formulas the ops use.  :func:`eager_path_ok` says when that
@@ -244,24 +243,14 @@ def conv_output_hw(h, w, kh, kw, stride, padding, dilation):
 
 
 def _build_conv(indptr_np, indices_np, weight_shape, dtype):
-    """Validate the CSR structure and build the SparseConvWeight with the same nonzeros.
+    """The SparseConvWeight of a layer's CSR buffers, validated once (as CSR).
 
-    Both keep the nonzeros of the dense weight in C order, so values line up
-    one to one.  O(nnz + out*in/groups): no dense array is formed.
+    Both layouts keep the nonzeros of the dense weight in C order, so values
+    line up one to one.  O(nnz + out*in/groups): no dense array is formed.
     """
-    OC, ICg, KH, KW = weight_shape
-    tagged = _structure.build_csr(indptr_np, indices_np, (OC, ICg * KH * KW), dtype)
-    W = tagged.weight
-    col = W.indices.astype(np.int64)
-    oc = np.repeat(np.arange(OC, dtype=np.int64), np.diff(W.indptr))
-    ic = col // (KH * KW)
-    counts = np.bincount(oc * ICg + ic, minlength=OC * ICg).reshape(OC, ICg)
-    ich = np.zeros((OC, ICg + 1), dtype=np.int64)
-    np.cumsum(counts, axis=1, out=ich[:, 1:])
-    conv_weight = sparseprop.SparseConvWeight(
-        np.zeros(W.nnz, dtype=dtype), W.indptr, ich.reshape(-1), (col // KW) % KH, col % KW,
-        (OC, ICg, KH, KW))
-    return _structure._Tagged(conv_weight, tagged._sp_structure)
+    conv_weight = sparseprop.SparseConvWeight.from_csr(
+        np.zeros(indices_np.shape[0], dtype=dtype), indices_np, indptr_np, weight_shape)
+    return _structure._Tagged(conv_weight, (conv_weight.och, np.array(indices_np)))
 
 
 def _conv_weight(values, indptr, indices, weight_shape):
@@ -402,7 +391,7 @@ class EagerLinear(torch.autograd.Function):
 
     # forward(ctx, ...) rather than a separate setup_context: with the latter
     # Function.apply binds the arguments with inspect.signature on every call
-    # (~50 us); it only matters to torch.func, which never takes this path
+    # (docs/tuning.md); it only matters to torch.func, which never takes this path
     @staticmethod
     def forward(ctx, *inputs):
         y = _linear_impl(*inputs)
