@@ -91,11 +91,11 @@ def run(threads, sparsities, batch=902, n_in=768, n_out=3072, repeats=15, seed=0
         for s in sparsities:
             Wd = weights[s]
             W = sp.CSRMatrix.from_dense(Wd)
-            # 8 interleaved warm-up rounds: with fewer, the first point of a run
-            # sometimes timed the sparse forward at 26-29 ms instead of 8 (1
-            # thread, 0.9) while glibc settled how it serves the 11 MB outputs
-            # (see interleaved_times); three runs with 8 were all clean
-            med = interleaved_times(_closures(X, Wd, W, bias, dY, T), repeats, warmup=8)
+            # interleaved warm-up rounds (WARMUP_ROUNDS): with fewer, the first
+            # point of a run sometimes timed the sparse forward at 26-29 ms
+            # instead of 8 (1 thread, 0.9) while glibc settled how it serves the
+            # 11 MB outputs (see interleaved_times)
+            med = interleaved_times(_closures(X, Wd, W, bias, dY, T), repeats)
             t_dense_fwd, t_dense_bwd = med["dense_fwd"], med["dense_bwd"]
             t_sp_fwd, t_sp_bwd = med["sparse_fwd"], med["sparse_bwd"]
             flops_sparse = 2.0 * W.nnz * batch

@@ -67,8 +67,14 @@ def machine_info():
 
 CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
 
+#: Interleaved warm-up rounds before the timed ones.  With 2 the first sparse
+#: point of a layer could time 3-4x too slow (fresh pages for the large
+#: outputs while the allocator settles; see interleaved_times); the benchmark
+#: scripts and ``python -m sparseprop bench`` all use this many.
+WARMUP_ROUNDS = 8
 
-def interleaved_times(fns, rounds, warmup=2, clock="wall", stat="median"):
+
+def interleaved_times(fns, rounds, warmup=WARMUP_ROUNDS, clock="wall", stat="median"):
     """Median (or min) seconds of each closure in ``fns`` (a dict), timed round
     by round - every closure once per round - so that all of them, dense and
     sparse, see the same machine load (a shared machine's load changes).
