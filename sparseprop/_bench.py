@@ -12,7 +12,7 @@ median over the rounds):
           input gradient and weight gradient at the nonzeros).
 
 The default run (the paper's linear layer and two ResNet convs at 90/95/98%,
-torch's thread count) takes a minute or two on 2 cores; ``--full`` sweeps
+torch's thread count) takes 10-30 s on 2 cores; ``--full`` sweeps
 every layer, 80-99% and 1 and 2 threads (10-20 minutes).  The layers:
 
   linear     weight 3072x768, input 902x768 (the paper's BERT layer and batch)
