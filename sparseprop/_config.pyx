@@ -115,3 +115,19 @@ def isa_info():
         "cap": ISA_CAP,
         "available": list(ISA_NAMES[: CPU_ISA + 1]),
     }
+
+
+# Threads of the most recent kernel pass (forward or backward, linear or
+# conv): a diagnostic for the tests.
+cdef int _last_team = 0
+
+
+def note_team_size(int n):
+    """Record how many threads ran the kernel pass that just ended (the kernel modules call it)."""
+    global _last_team
+    _last_team = n
+
+
+def last_team_size():
+    """Threads that ran the most recent kernel pass of this process (tests use it)."""
+    return _last_team

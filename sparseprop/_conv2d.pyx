@@ -98,15 +98,6 @@ cdef sp_conv_kernels _KERNELS_F64 = sp_conv_select(_config.ISA, 1)
 # Below this many multiply-adds a call runs on one thread.
 cdef int64_t _SERIAL_WORK = 1 << 17
 
-# Threads of the most recent parallel region (diagnostic for the tests).
-cdef int _last_team = 0
-
-
-def _last_team_size():
-    """Threads that ran the last forward/backward pass of this module (tests use it)."""
-    return _last_team
-
-
 cdef inline sp_conv_kernels _kernels(dtype):
     return _KERNELS_F64 if dtype == np.float64 else _KERNELS_F32
 
@@ -248,7 +239,6 @@ def conv2d_forward(X, W, bias=None, stride=1, padding=0, dilation=1, groups=1,
     Only stored weights multiply: a NaN or Inf in X reaches only the outputs
     that a stored weight connects it to.
     """
-    global _last_team
     dtype, X4, unbatched, geo = prepare(X, W, stride, padding, dilation, groups, algorithm)
     OH, OW = geo.OH, geo.OW
     cdef int64_t OC = W.shape[0]
@@ -309,7 +299,7 @@ def conv2d_forward(X, W, bias=None, stride=1, padding=0, dilation=1, groups=1,
                 tc = t % tc_n
                 fn(&args, n_units * tb // tb_n, n_units * (tb + 1) // tb_n, ob[tc], ob[tc + 1],
                    sp + t * per_task)
-    _last_team = team[0]
+    _config.note_team_size(team[0])
     return Y_out
 
 
@@ -359,7 +349,6 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
     both gradients are recomputed on an exact (slow) path, because the fused
     kernel's border handling is exact only for finite values.
     """
-    global _last_team
     dtype, X4, unbatched, geo = prepare(X, W, stride, padding, dilation, groups, algorithm)
     OH, OW = geo.OH, geo.OW
     cdef int64_t OC = W.shape[0]
@@ -451,7 +440,7 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
                 tc = t % tc_n
                 fn(&args, n_units * tb // tb_n, n_units * (tb + 1) // tb_n, cb[tc], cb[tc + 1],
                    sp + t * per_task, parts + tb * part)
-    _last_team = team[0]
+    _config.note_team_size(team[0])
     cdef char* dW_p = _ptr(dW)
     cdef int64_t stride_el = part // itemsize
     with nogil:

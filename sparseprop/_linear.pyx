@@ -100,15 +100,6 @@ cdef int64_t _SERIAL_WORK = 1 << 16
 # Below this many values a gather/scatter of the weights runs on one thread.
 cdef int64_t _SERIAL_VALUES = 1 << 13
 
-# Threads of the most recent parallel region (diagnostic for the tests).
-cdef int _last_team = 0
-
-
-def _last_team_size():
-    """Threads that ran the last forward/backward pass of this module (tests use it)."""
-    return _last_team
-
-
 cdef inline sp_linear_kernels _kernels(dtype):
     return _KERNELS_F64 if dtype == np.float64 else _KERNELS_F32
 
@@ -214,7 +205,6 @@ def linear_forward(X, W, bias=None, *, n_threads=None, out=None):
     Y : ndarray, shape (..., out_features)
         ``out``, or a new C-contiguous array of W's dtype.
     """
-    global _last_team
     _check_weight(W)
     dtype = W.dtype
     cdef int64_t N = W.shape[0], M = W.shape[1]
@@ -306,7 +296,7 @@ def linear_forward(X, W, bias=None, *, n_threads=None, out=None):
                 for t in prange(tasks, schedule="static", chunksize=1):
                     _forward_range(fn, chunk, itemsize, Xp, Yp, B, bcv[t], biv[t],
                                    bcv[t + 1], biv[t + 1], sp + tid * per_task, &base)
-    _last_team = team[0]
+    _config.note_team_size(team[0])
     return Y_out
 
 
@@ -420,7 +410,6 @@ def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None, out_dx=No
         Gradient at the stored values, aligned with ``W.data`` (whatever W's
         format), so ``W.data -= lr * dW`` is an SGD step.
     """
-    global _last_team
     _check_weight(W)
     dtype = W.dtype
     cdef int64_t N = W.shape[0], M = W.shape[1]
@@ -528,5 +517,5 @@ def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None, out_dx=No
                 if tid < vp:
                     _dW_out(is_f64, pp, partial_bytes // itemsize, nt, slot_p, dW_p, nnz,
                             tid, vp)
-    _last_team = team[0]
+    _config.note_team_size(team[0])
     return dX_out, dW

@@ -23,11 +23,11 @@ def test_linear_kernels_run_on_two_threads():
     X = rng.standard_normal((256, 128)).astype(np.float32)
     dY = rng.standard_normal((256, 256)).astype(np.float32)
     sparseprop.linear_forward(X, W, n_threads=2)
-    assert sparseprop._linear._last_team_size() == 2
+    assert _config.last_team_size() == 2
     sparseprop.linear_backward(X, W, dY, n_threads=2)
-    assert sparseprop._linear._last_team_size() == 2
+    assert _config.last_team_size() == 2
     sparseprop.linear_backward(X, W, dY, n_threads=1)
-    assert sparseprop._linear._last_team_size() == 1
+    assert _config.last_team_size() == 1
 
 
 def test_show_config_prints_the_essentials(capsys):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import sparseprop as sp
-from sparseprop import _conv2d
+from sparseprop import _config, _conv2d
 
 from helpers import random_sparse_dense, tolerances
 
@@ -130,7 +130,7 @@ def test_thread_splits(algorithm, batch, n_threads, rng):
     Wdense = random_sparse_dense(rng, (10, 12, 3, 3), 0.7)
     check_conv(X, Wdense, padding=1, algorithm=algorithm, n_threads=n_threads, rng=rng)
     if sp.openmp_enabled():
-        assert _conv2d._last_team_size() > 1
+        assert _config.last_team_size() > 1
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

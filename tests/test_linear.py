@@ -187,16 +187,16 @@ def test_threads_share_chunks(dtype, n_threads, rng):
 
 _SMALL_TEAM_SCRIPT = """
 import numpy as np, sparseprop as sp
-from sparseprop import _linear
+from sparseprop import _config, _linear
 rng = np.random.default_rng(5)
 for sparsity, n_in in [(0.5, 200), (0.9, 700)]:
     Wd = rng.standard_normal((300, n_in)); Wd[rng.random(Wd.shape) < sparsity] = 0
     X = rng.standard_normal((150, n_in)); dY = rng.standard_normal((150, 300))
     W = sp.CSRMatrix.from_dense(Wd)
     Y = sp.linear_forward(X, W, n_threads=4)
-    assert _linear._last_team_size() == 1, _linear._last_team_size()
+    assert _config.last_team_size() == 1, _config.last_team_size()
     dX, dW = sp.linear_backward(X, W, dY, n_threads=4)
-    assert _linear._last_team_size() == 1
+    assert _config.last_team_size() == 1
     rows = np.repeat(np.arange(300), np.diff(W.indptr))
     np.testing.assert_allclose(Y, X @ Wd.T, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(dX, dY @ Wd, rtol=1e-10, atol=1e-10)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import sparseprop as sp
-from sparseprop import _conv2d, _linear
+from sparseprop import _config
 
 from helpers import random_sparse_dense
 
@@ -43,17 +43,17 @@ def conv_case():
 
 def _linear_run(W, X, dY, T):
     Y = sp.linear_forward(X, W, n_threads=T)
-    assert _linear._last_team_size() == T
+    assert _config.last_team_size() == T
     dX, dW = sp.linear_backward(X, W, dY, n_threads=T)
-    assert _linear._last_team_size() == T
+    assert _config.last_team_size() == T
     return Y, dX, dW
 
 
 def _conv_run(W, X, dY, T, algorithm):
     Y = sp.conv2d_forward(X, W, padding=1, algorithm=algorithm, n_threads=T)
-    assert _conv2d._last_team_size() == T
+    assert _config.last_team_size() == T
     dX, dW = sp.conv2d_backward(X, W, dY, padding=1, algorithm=algorithm, n_threads=T)
-    assert _conv2d._last_team_size() == T
+    assert _config.last_team_size() == T
     return Y, dX, dW
 
 
