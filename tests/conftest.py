@@ -14,7 +14,7 @@ except ImportError:  # hypothesis is a test extra; only test_properties.py needs
     pass
 else:
     # HYPOTHESIS_PROFILE=emulated: a few examples per property, for runs under
-    # qemu (.ci/aarch64), where every example costs ~20x more.  test_properties.py
+    # qemu (.ci/aarch64), where every example is many times slower.  test_properties.py
     # registers "ci" (the default) and "long", and loads whichever is named.
     settings.register_profile("emulated", max_examples=8, deadline=None,
                               suppress_health_check=[HealthCheck.too_slow])
