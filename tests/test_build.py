@@ -1,4 +1,7 @@
 """The build is what it claims: OpenMP on, ISA dispatch working and cappable."""
+import os
+import re
+
 import numpy as np
 import pytest
 
@@ -8,13 +11,30 @@ from sparseprop import _config
 from helpers import run_python
 
 
-def test_openmp_is_enabled():
-    # A build without OpenMP still runs, silently on one thread: fail loudly.
-    assert sparseprop.openmp_enabled()
+# A build without OpenMP still runs, silently on one thread: the default is to
+# fail loudly on it.  SPARSEPROP_EXPECT_OPENMP=0 says the build was made without
+# OpenMP on purpose (meson -Dopenmp=disabled, as .ci/compilers does); the tests
+# then check that it really is serial.  Only "1" (the default) and "0" are accepted.
+_EXPECT = os.environ.get("SPARSEPROP_EXPECT_OPENMP", "1")
+if _EXPECT not in ("0", "1"):
+    raise ValueError(f"SPARSEPROP_EXPECT_OPENMP must be 0 or 1; got {_EXPECT!r}")
+EXPECT_OPENMP = _EXPECT == "1"
+THREADS = 2 if EXPECT_OPENMP else 1   # the team that n_threads=2 gets
+
+
+def test_openmp_is_as_expected():
+    if EXPECT_OPENMP:
+        assert sparseprop.openmp_enabled(), (
+            "this build has no OpenMP (kernels run on one thread); if that is deliberate, "
+            "set SPARSEPROP_EXPECT_OPENMP=0")
+    else:
+        assert not sparseprop.openmp_enabled(), "SPARSEPROP_EXPECT_OPENMP=0 but OpenMP is on"
+        assert sparseprop.config()["openmp"] is False
+        assert sparseprop.config()["default_threads"] == 1
 
 
 def test_two_threads_really_run():
-    assert _config.parallel_team_size(2) == 2
+    assert _config.parallel_team_size(2) == THREADS
 
 
 def test_linear_kernels_run_on_two_threads():
@@ -23,9 +43,9 @@ def test_linear_kernels_run_on_two_threads():
     X = rng.standard_normal((256, 128)).astype(np.float32)
     dY = rng.standard_normal((256, 256)).astype(np.float32)
     sparseprop.linear_forward(X, W, n_threads=2)
-    assert _config.last_team_size() == 2
+    assert _config.last_team_size() == THREADS
     sparseprop.linear_backward(X, W, dY, n_threads=2)
-    assert _config.last_team_size() == 2
+    assert _config.last_team_size() == THREADS
     sparseprop.linear_backward(X, W, dY, n_threads=1)
     assert _config.last_team_size() == 1
 
@@ -42,6 +62,9 @@ def test_show_config_prints_the_essentials(capsys):
 def test_cli_info_runs():
     out = run_python(["-m", "sparseprop", "info"], check=True).stdout
     assert "isa" in out and "openmp" in out
+    assert re.search(rf"^ *openmp: {EXPECT_OPENMP}$", out, re.M), out
+    if not EXPECT_OPENMP:
+        assert re.search(r"^ *default_threads: 1$", out, re.M), out
 
 
 def _isa_in_subprocess(value):
