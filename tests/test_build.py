@@ -10,7 +10,6 @@ from sparseprop import _config
 
 from helpers import run_python
 
-
 # A build without OpenMP still runs, silently on one thread: the default is to
 # fail loudly on it.  SPARSEPROP_EXPECT_OPENMP=0 says the build was made without
 # OpenMP on purpose (meson -Dopenmp=disabled, as .ci/compilers does); the tests
