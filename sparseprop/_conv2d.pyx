@@ -25,7 +25,7 @@ from sparseprop._convweight cimport SparseConvWeight
 
 from sparseprop import _config, _exact
 from sparseprop._checks import (MAX_BYTES, as_float_array, check_bias, check_result_size,
-                                output_array, scratch)
+                                check_weight_values, output_array, scratch)
 
 cnp.import_array()
 
@@ -568,6 +568,7 @@ def conv2d_forward(X, W, bias=None, stride=1, padding=0, dilation=1, groups=1,
     that a stored weight connects it to.
     """
     global _last_team
+    check_weight_values(W, ("out", out))  # values changed in place, or aliased by out?
     dtype, X4, unbatched, geo = _prepare(X, W, stride, padding, dilation, groups, algorithm)
     OH, OW = geo[9], geo[10]
     cdef int64_t OC = W.shape[0]
@@ -679,6 +680,7 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
     kernel's border handling is exact only for finite values.
     """
     global _last_team
+    check_weight_values(W, ("out_dx", out_dx))  # values changed in place, or under out_dx?
     dtype, X4, unbatched, geo = _prepare(X, W, stride, padding, dilation, groups, algorithm)
     OH, OW = geo[9], geo[10]
     cdef int64_t OC = W.shape[0]

@@ -21,6 +21,8 @@ import numpy as np
 
 cimport numpy as cnp
 
+from sparseprop._checks import frozen
+
 cnp.import_array()
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -193,13 +195,13 @@ cdef class SparseConvWeight:
                            kc.astype(np.int32), shape, {})
 
     cdef _init_checked(self, values, och, ich, krow, kcol, tuple shape, cache):
-        for a in (och, ich, krow, kcol):
-            a.flags.writeable = False
+        # the validated structure in immutable memory (a read-only flag alone
+        # can be set back by anyone)
         self._data = values
-        self._och = och
-        self._ich = ich
-        self._krow = krow
-        self._kcol = kcol
+        self._och = frozen(och)
+        self._ich = frozen(ich)
+        self._krow = frozen(krow)
+        self._kcol = frozen(kcol)
         self.shape = shape
         self._cache = cache
 
@@ -266,6 +268,11 @@ cdef class SparseConvWeight:
         if tensor.device.type != "cpu":
             raise ValueError(f"tensor is on {tensor.device}; move it to the CPU first (.cpu())")
         t = tensor.detach()
+        if t.dim() != 4:
+            raise ValueError(
+                "tensor must be 4-D (out_channels, in_channels // groups, kernel_h, kernel_w); "
+                f"got shape {tuple(t.shape)}"
+            )
         if t.layout != torch.strided:
             t = t.to_dense()
         if t.dim() != 4:

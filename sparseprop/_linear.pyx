@@ -23,7 +23,7 @@ from sparseprop._formats cimport CSRMatrix, _CompressedMatrix
 
 from sparseprop import _config
 from sparseprop._checks import as_float_array, check_bias, row_stride, rows_view, scratch
-from sparseprop._checks import check_result_size, output_array
+from sparseprop._checks import check_result_size, check_weight_values, output_array
 
 cnp.import_array()
 
@@ -316,6 +316,7 @@ def linear_forward(X, W, bias=None, *, n_threads=None, out=None):
         ``out``, or a new C-contiguous array of W's dtype.
     """
     global _last_team
+    check_weight_values(W, ("out", out))  # values changed in place, or aliased by out?
     _check_weight(W)
     dtype = W.dtype
     cdef int64_t N = W.shape[0], M = W.shape[1]
@@ -565,6 +566,7 @@ def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None, out_dx=No
         format), so ``W.data -= lr * dW`` is an SGD step.
     """
     global _last_team
+    check_weight_values(W, ("out_dx", out_dx))  # values changed in place, or under out_dx?
     _check_weight(W)
     dtype = W.dtype
     cdef int64_t N = W.shape[0], M = W.shape[1]
