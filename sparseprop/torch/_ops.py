@@ -64,6 +64,7 @@ def check_n_threads(n_threads):
     n = n_threads.__index__()
     if n < 1:
         raise ValueError(f"n_threads must be a positive integer or None; got {n}")
+    sparseprop._config.resolve_n_threads(n)  # a value no machine runs is an error now
     return n
 
 
