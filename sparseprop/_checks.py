@@ -175,3 +175,113 @@ def scratch(nbytes, align=64):
         _scratch_local.buf = buf
     off = (-buf.ctypes.data) % align
     return buf[off:off + nbytes]
+
+
+# ---------------------------------------------------------------- what the kernels trust
+
+def frozen(arr):
+    """``arr`` as a 1-D array no one can write: a read-only view of an immutable
+    ``bytes`` copy.
+
+    ``flags.writeable = False`` alone is a promise a user can take back
+    (``arr.flags.writeable = True`` works on an array that owns its memory);
+    NumPy refuses that for an array whose memory is a ``bytes`` object.  The
+    validated index arrays of the weight formats are kept like this, so a
+    structure checked once stays checked.  An array that already is frozen is
+    returned as is (no copy: ``with_data`` and ``copy`` share the structure).
+    """
+    if isinstance(arr.base, bytes) and not arr.flags.writeable:
+        return arr
+    out = np.frombuffer(np.ascontiguousarray(arr).tobytes(), dtype=arr.dtype)
+    if not out.flags.aligned:  # bytes objects are 8-byte aligned on every CPython we know
+        raise RuntimeError("an immutable copy of an index array is not aligned")
+    return out
+
+
+def check_weight_values(W, *outs):
+    """Raise unless ``W.data`` is still what the weight was built with.
+
+    The values array is public and writable (training updates it in place),
+    so a caller can also reshape it (``W.data.shape = ...``), reinterpret it
+    (``W.data.dtype = ...``) or reallocate it (``W.data.resize(...,
+    refcheck=False)``) behind the weight's back; the kernels would then read
+    ``nnz`` values of the wrong size or beyond the buffer.  Also refuses
+    ``out=`` / ``out_dx=`` buffers (pairs of name and array, None skipped) that
+    overlap the values: the kernels read them while writing the result.
+    Weights of other types are left to the callers' type checks.  O(1).
+    """
+    data = getattr(W, "data", None)
+    if not isinstance(data, np.ndarray) or not hasattr(W, "nnz"):
+        return
+    nnz = W.nnz
+    if (data.shape != (nnz,) or data.dtype not in FLOAT_DTYPES or not data.flags.c_contiguous
+            or not data.flags.aligned):
+        raise ValueError(
+            f"W.data must be a C-contiguous, aligned float32/float64 array of shape ({nnz},) "
+            f"(one value per stored entry); got dtype {data.dtype}, shape {data.shape}, "
+            f"strides {data.strides} - it was changed in place after W was built (assign "
+            "values with W.data[...] = v, or build a new weight with W.with_data(v))"
+        )
+    for name, out in outs:
+        if isinstance(out, np.ndarray) and np.may_share_memory(out, data):
+            raise ValueError(f"{name} shares memory with W.data (the weight's values); the "
+                             "result must go to a separate array")
+
+
+def _check_compressed_scipy(matrix, n_major, n_minor, major, minor):
+    """The CSR/CSC/BSR arrays of a scipy matrix, checked before SciPy's own C++
+    routines see them (they index with indptr unchecked: a non-monotone one
+    gives ``vector::_M_default_append`` or a wrong result)."""
+    ptr, idx, data = (np.asarray(a) for a in (matrix.indptr, matrix.indices, matrix.data))
+    if ptr.ndim != 1 or idx.ndim != 1 or ptr.dtype.kind not in "iu" or idx.dtype.kind not in "iu":
+        raise ValueError(f"matrix.indptr and matrix.indices must be 1-D integer arrays; got "
+                         f"{ptr.dtype} of shape {ptr.shape} and {idx.dtype} of shape {idx.shape}")
+    if ptr.shape[0] != n_major + 1:
+        raise ValueError(f"matrix.indptr must have length n_{major}s + 1 = {n_major + 1}; got "
+                         f"{ptr.shape[0]}")
+    if ptr[0] != 0:
+        raise ValueError(f"matrix.indptr[0] must be 0; got {ptr[0]}")
+    steps = np.diff(ptr.astype(np.int64))
+    if (steps < 0).any():
+        i = int(np.flatnonzero(steps < 0)[0])
+        raise ValueError(f"matrix.indptr must be non-decreasing; got indptr[{i}]={ptr[i]} > "
+                         f"indptr[{i + 1}]={ptr[i + 1]}")
+    stored = min(idx.shape[0], data.shape[0])
+    if ptr[-1] > stored:
+        raise ValueError(f"matrix.indptr[-1] (={ptr[-1]}) must be at most the number of stored "
+                         f"values (len(indices)={idx.shape[0]}, len(data)={data.shape[0]})")
+    used = idx[:int(ptr[-1])]
+    if used.size and (used.min() < 0 or used.max() >= n_minor):
+        k = int(np.flatnonzero((used < 0) | (used >= n_minor))[0])
+        raise ValueError(f"matrix.indices[{k}]={used[k]} is out of range for {n_minor} "
+                         f"{minor}s")
+
+
+def check_scipy_structure(matrix):
+    """Validate the index arrays of a scipy.sparse matrix before SciPy converts it.
+
+    SciPy trusts the arrays of a matrix built from raw arrays (its constructors
+    check only lengths), and its conversions are C++ that index with them.
+    """
+    fmt = matrix.format
+    n_rows, n_cols = (int(s) for s in matrix.shape)
+    if fmt == "csr":
+        _check_compressed_scipy(matrix, n_rows, n_cols, "row", "column")
+    elif fmt == "csc":
+        _check_compressed_scipy(matrix, n_cols, n_rows, "column", "row")
+    elif fmt == "bsr":
+        R, C = matrix.blocksize
+        _check_compressed_scipy(matrix, n_rows // R, n_cols // C, "block row", "block column")
+    elif fmt == "coo":
+        coords = getattr(matrix, "coords", None) or (matrix.row, matrix.col)
+        n = np.asarray(matrix.data).shape[0]
+        for axis, (c, size, name) in enumerate(zip(coords, (n_rows, n_cols), ("row", "col"),
+                                                   strict=True)):
+            c = np.asarray(c)
+            if c.ndim != 1 or c.shape[0] != n or (c.size and c.dtype.kind not in "iu"):
+                raise ValueError(f"matrix.{name} must be a 1-D integer array of length "
+                                 f"len(data)={n}; got {c.dtype} of shape {c.shape}")
+            if c.size and (c.min() < 0 or c.max() >= size):
+                k = int(np.flatnonzero((c < 0) | (c >= size))[0])
+                raise ValueError(f"matrix.{name}[{k}]={c[k]} is out of range for shape "
+                                 f"{matrix.shape} (axis {axis})")

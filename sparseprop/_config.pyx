@@ -71,10 +71,41 @@ def default_n_threads():
     return int(sp_omp_max_threads())
 
 
+#: An ``n_threads`` above this cannot be meant: it is an error, not clamped.
+MAX_N_THREADS = 1 << 16
+
+
+def _usable_cpus():
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+#: The CPUs this process may run on (its affinity mask), read at import.
+USABLE_CPUS = _usable_cpus()
+
+
+def max_threads():
+    """The most threads a kernel runs: 4 x the CPUs this process may use, at least 16.
+
+    Larger requests (``n_threads=``, ``OMP_NUM_THREADS``,
+    ``torch.set_num_threads``) are clamped to it, as scikit-learn clamps its
+    OpenMP thread counts: oversubscribing a few times over is allowed (tests
+    do it on small machines), asking OpenMP for tens of thousands of threads
+    makes thread creation fail and libgomp end the process.
+    """
+    return max(16, 4 * USABLE_CPUS)
+
+
 cpdef int resolve_n_threads(object n_threads) except -1:
-    """Validate an ``n_threads`` argument; None means :func:`default_n_threads`."""
+    """Validate an ``n_threads`` argument; None means :func:`default_n_threads`.
+
+    Returns at most :func:`max_threads`; above :data:`MAX_N_THREADS` the value
+    cannot be meant and is a ValueError.
+    """
     if n_threads is None:
-        return default_n_threads()
+        return min(default_n_threads(), max_threads())
     if isinstance(n_threads, bool) or not hasattr(n_threads, "__index__"):
         raise TypeError(
             f"n_threads must be a positive integer or None; got {type(n_threads).__name__} "
@@ -83,7 +114,12 @@ cpdef int resolve_n_threads(object n_threads) except -1:
     n = n_threads.__index__()
     if n < 1:
         raise ValueError(f"n_threads must be a positive integer or None; got {n}")
-    return min(n, 1 << 16)
+    if n > MAX_N_THREADS:
+        raise ValueError(
+            f"n_threads must be at most {MAX_N_THREADS} (more than any machine runs in one "
+            f"process; this one may use {USABLE_CPUS} CPUs); got {n}"
+        )
+    return min(n, max_threads())
 
 
 def parallel_team_size(n_threads):

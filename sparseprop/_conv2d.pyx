@@ -25,7 +25,8 @@ from sparseprop._memory cimport data_ptr as _ptr
 from sparseprop._memory cimport round_up64
 
 from sparseprop import _config, _exact
-from sparseprop._checks import as_float_array, check_bias, output_array, scratch
+from sparseprop._checks import (as_float_array, check_bias, check_weight_values, output_array,
+                                scratch)
 from sparseprop._conv_plan import ALGORITHMS  # no-cython-lint (re-exported)
 from sparseprop._conv_plan import (algorithm_for, backward_lists, channel_split, check_weight,
                                    conv_plan, forward_offsets, nchw_view, prepare)
@@ -239,6 +240,7 @@ def conv2d_forward(X, W, bias=None, stride=1, padding=0, dilation=1, groups=1,
     Only stored weights multiply: a NaN or Inf in X reaches only the outputs
     that a stored weight connects it to.
     """
+    check_weight_values(W, ("out", out))  # values changed in place, or aliased by out?
     dtype, X4, unbatched, geo = prepare(X, W, stride, padding, dilation, groups, algorithm)
     OH, OW = geo.OH, geo.OW
     cdef int64_t OC = W.shape[0]
@@ -349,6 +351,7 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
     both gradients are recomputed on an exact (slow) path, because the fused
     kernel's border handling is exact only for finite values.
     """
+    check_weight_values(W, ("out_dx", out_dx))  # values changed in place, or under out_dx?
     dtype, X4, unbatched, geo = prepare(X, W, stride, padding, dilation, groups, algorithm)
     OH, OW = geo.OH, geo.OW
     cdef int64_t OC = W.shape[0]

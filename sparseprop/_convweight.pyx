@@ -22,6 +22,7 @@ import numpy as np
 cimport numpy as cnp
 
 from sparseprop import _formats
+from sparseprop._checks import frozen
 
 cnp.import_array()
 
@@ -200,13 +201,13 @@ cdef class SparseConvWeight:
                            kc.astype(np.int32), shape, {})
 
     cdef _init_checked(self, values, och, ich, krow, kcol, tuple shape, cache):
-        for a in (och, ich, krow, kcol):
-            a.flags.writeable = False
+        # the validated structure in immutable memory (a read-only flag alone
+        # can be set back by anyone)
         self._data = values
-        self._och = och
-        self._ich = ich
-        self._krow = krow
-        self._kcol = kcol
+        self._och = frozen(och)
+        self._ich = frozen(ich)
+        self._krow = frozen(krow)
+        self._kcol = frozen(kcol)
         self.shape = shape
         self._cache = cache
 
@@ -334,6 +335,11 @@ cdef class SparseConvWeight:
         if tensor.device.type != "cpu":
             raise ValueError(f"tensor is on {tensor.device}; move it to the CPU first (.cpu())")
         t = tensor.detach()
+        if t.dim() != 4:
+            raise ValueError(
+                "tensor must be 4-D (out_channels, in_channels // groups, kernel_h, kernel_w); "
+                f"got shape {tuple(t.shape)}"
+            )
         if t.layout != torch.strided:
             t = t.to_dense()
         if t.dim() != 4:

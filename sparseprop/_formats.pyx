@@ -11,6 +11,8 @@ cimport cython
 cimport numpy as cnp
 from libc.stdint cimport int64_t
 
+from sparseprop._checks import check_scipy_structure, frozen
+
 cnp.import_array()
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -137,12 +139,11 @@ cdef class _CompressedMatrix:
         self._init_checked(values, idx.astype(np.int32), ptr.copy(), shape, {})
 
     cdef _init_checked(self, values, indices, indptr, tuple shape, cache):
-        # Trusted path: the structure is already known to be valid.
-        indices.flags.writeable = False
-        indptr.flags.writeable = False
+        # Trusted path: the structure is already known to be valid.  It is kept
+        # in immutable memory (frozen): a read-only flag alone can be set back.
         self._data = values
-        self._indices = indices
-        self._indptr = indptr
+        self._indices = frozen(indices)
+        self._indptr = frozen(indptr)
         self.shape = shape
         self._cache = cache
 
@@ -186,6 +187,7 @@ cdef class _CompressedMatrix:
                             f"{type(matrix).__name__}")
         if matrix.ndim != 2:
             raise ValueError(f"matrix must be 2-D; got shape {matrix.shape}")
+        check_scipy_structure(matrix)  # before SciPy's C++ conversions index with it
         S = matrix.tocsr() if cls._major_axis == 0 else matrix.tocsc()
         if S is matrix:
             S = S.copy()
@@ -206,6 +208,15 @@ cdef class _CompressedMatrix:
         t = tensor.detach()
         if t.dim() != 2:
             raise ValueError(f"tensor must be 2-D; got shape {tuple(t.shape)}")
+        if t.dtype not in (torch.float32, torch.float64):
+            # bfloat16, float16, the float8 kinds: convert here (several have no
+            # NumPy dtype) or refuse; so are complex32 and the quantized kinds
+            if t.is_floating_point() and dtype is not None:
+                t = t.to(torch.float64)
+            elif t.is_floating_point() or t.is_complex() or t.is_quantized:
+                raise TypeError(f"tensor must have dtype float32 or float64; got {t.dtype}"
+                                + (" (pass dtype= to convert a floating-point tensor)"
+                                   if t.is_floating_point() else ""))
         if t.layout == torch.strided:
             return cls.from_dense(t.numpy(), dtype=dtype)
         want = torch.sparse_csr if cls._major_axis == 0 else torch.sparse_csc

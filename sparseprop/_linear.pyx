@@ -28,7 +28,7 @@ from sparseprop import _config
 from sparseprop._linear_plan import (backward_plan, backward_split, forward_blocks,
                                      forward_plan, forward_split)
 from sparseprop._checks import as_float_array, check_bias, row_stride, rows_view, scratch
-from sparseprop._checks import check_result_size, output_array
+from sparseprop._checks import check_result_size, check_weight_values, output_array
 
 cnp.import_array()
 
@@ -205,6 +205,7 @@ def linear_forward(X, W, bias=None, *, n_threads=None, out=None):
     Y : ndarray, shape (..., out_features)
         ``out``, or a new C-contiguous array of W's dtype.
     """
+    check_weight_values(W, ("out", out))  # values changed in place, or aliased by out?
     _check_weight(W)
     dtype = W.dtype
     cdef int64_t N = W.shape[0], M = W.shape[1]
@@ -410,6 +411,7 @@ def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None, out_dx=No
         Gradient at the stored values, aligned with ``W.data`` (whatever W's
         format), so ``W.data -= lr * dW`` is an SGD step.
     """
+    check_weight_values(W, ("out_dx", out_dx))  # values changed in place, or under out_dx?
     _check_weight(W)
     dtype = W.dtype
     cdef int64_t N = W.shape[0], M = W.shape[1]

@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import os
 import statistics
 import time
@@ -225,14 +226,36 @@ def _cache_path(folder, key):
     return Path(folder) / f"{digest}.json"
 
 
-def _cache_read(folder, key):
+def _cache_read(folder, key, algorithms):
+    """The cached result for ``key``, or None to measure again.
+
+    The file is untrusted (another process may be writing it, a user may edit
+    it): anything but a well-formed result for this key - finite non-negative
+    times for the dense layer and for exactly ``algorithms``, ``best`` one of
+    them - is ignored (and overwritten by the new measurement), never fatal.
+    """
     path = _cache_path(folder, key)
     try:
         with open(path) as f:
             entry = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # unreadable, not JSON, absurdly nested
         return None
-    return entry.get("result") if entry.get("key") == key else None
+    if not isinstance(entry, dict) or entry.get("key") != key:
+        return None
+    result = entry.get("result")
+    if not isinstance(result, dict) or not _time_ok(result.get("dense_s")):
+        return None
+    sparse_s = result.get("sparse_s")
+    if (not isinstance(sparse_s, dict) or set(sparse_s) != set(algorithms)
+            or not all(_time_ok(v) for v in sparse_s.values())
+            or result.get("best") not in algorithms):
+        return None
+    return result
+
+
+def _time_ok(value):
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0)
 
 
 def _cache_write(folder, key, result):
@@ -342,7 +365,9 @@ def sparsify(model, example_inputs=None, min_sparsity=0.8, autotune=True, inplac
                          "input shape); pass autotune=False to convert without timing")
     if not inplace:
         model = _deepcopy_model(model)
-    threads = torch.get_num_threads() if n_threads is None else int(n_threads)
+    # validated (and clamped) before torch.set_num_threads sees it
+    threads = (torch.get_num_threads() if n_threads is None
+               else sparseprop._config.resolve_n_threads(n_threads))
     folder = Path(cache_dir) if cache_dir is not None else tuning_cache_dir()
     candidates, rows = [], []
     for name, m in model.named_modules():
@@ -385,8 +410,9 @@ def sparsify(model, example_inputs=None, min_sparsity=0.8, autotune=True, inplac
             row.reason = "not reached by example_inputs (cannot time it)"
             continue
         key = _cache_key(m, spec, sparsity, threads)
-        result = _cache_read(folder, key)
         sparse = _to_sparse(m, n_threads)
+        algorithms = CONV_ALGORITHMS if isinstance(sparse, SparseConv2d) else ("-",)
+        result = _cache_read(folder, key, algorithms)
         if result is None:
             dense = sparse.to_dense()
             old_threads = torch.get_num_threads()

@@ -70,6 +70,24 @@ def _check_weight_size(rows, cols, what_rows, what_cols):
 
 # ---------------------------------------------------------------- the common base
 
+def _entry_problem(value, kind):
+    """None if a state_dict entry is a CPU-readable tensor of ``kind`` ("floating"
+    or "integer"), else what is wrong with it."""
+    if not isinstance(value, torch.Tensor):
+        return f"expected a torch.Tensor; got {type(value).__name__}"
+    if value.layout != torch.strided or value.is_nested:
+        return f"expected a dense (strided) tensor; got layout {value.layout}"
+    if value.device.type == "meta":
+        return "expected a tensor with data; got one on the meta device"
+    ok = (value.is_floating_point() if kind == "floating"
+          else not value.is_floating_point() and not value.is_complex()
+          and value.dtype != torch.bool)
+    if not ok:
+        return f"expected a {kind}-point tensor; got dtype {value.dtype}" if kind == "floating" \
+            else f"expected an integer tensor; got dtype {value.dtype}"
+    return None
+
+
 
 def _swap_values_(param, new):
     """``param.data = new`` (and drop ``param.grad``), also when the length changes.
@@ -89,6 +107,11 @@ def _swap_values_(param, new):
         param.data = torch.empty(0, dtype=hop, device=param.device)
     param.data = new
     param.grad = None
+    # ``.data =`` keeps the version counter: bump it, so a graph that saved the
+    # old values (a forward run before a mask change) fails in backward with
+    # torch's "modified by an inplace operation" instead of silently pairing
+    # the new values with the old structure
+    torch.autograd.graph.increment_version(param)
 
 class _SparseLayer(nn.Module):
     """Common machinery: structure, values, state_dict, mask changes."""
@@ -171,6 +194,16 @@ class _SparseLayer(nn.Module):
                               unexpected_keys, error_msgs):
         shape_key, dense_key = prefix + "weight_shape", prefix + "weight"
         own = {prefix + k for k in ("values", "indptr", "indices")}
+        # a checkpoint is untrusted input: every entry this layer reads must be a
+        # tensor of a sensible kind before anything looks inside it
+        for key, kinds in ((dense_key, "floating"), (prefix + "values", "floating"),
+                           (prefix + "indptr", "integer"), (prefix + "indices", "integer"),
+                           (shape_key, "integer")):
+            problem = _entry_problem(state_dict.get(key, None), kinds) if key in state_dict \
+                else None
+            if problem is not None:
+                error_msgs.append(f"invalid entry {key}: {problem}")
+                return
         if dense_key in state_dict and not any(k in state_dict for k in own):
             # A dense module's state: take its nonzeros as the new structure.
             w = state_dict[dense_key]
@@ -187,7 +220,13 @@ class _SparseLayer(nn.Module):
             missing_keys.extend(k for k in own_missing if k not in own)
             return
         if shape_key in state_dict:
-            shape = tuple(int(s) for s in state_dict[shape_key].tolist())
+            ws = state_dict[shape_key]
+            if ws.dim() != 1 or ws.numel() != len(self.weight_shape):
+                error_msgs.append(f"invalid entry {shape_key}: expected a 1-D integer tensor of "
+                                  f"{len(self.weight_shape)} sizes (the layer's weight has shape "
+                                  f"{self.weight_shape}); got shape {tuple(ws.shape)}")
+                return
+            shape = tuple(int(s) for s in ws.tolist())
             if shape != self.weight_shape:
                 error_msgs.append(f"size mismatch for {shape_key}: the checkpoint's weight has "
                                   f"shape {shape}, the layer has {self.weight_shape}")
@@ -195,8 +234,12 @@ class _SparseLayer(nn.Module):
         elif strict:
             missing_keys.append(shape_key)
         ptr_key, idx_key, val_key = prefix + "indptr", prefix + "indices", prefix + "values"
-        if all(k in state_dict for k in (ptr_key, idx_key, val_key)):
-            ptr, idx, val = state_dict[ptr_key], state_dict[idx_key], state_dict[val_key]
+        if any(k in state_dict for k in (ptr_key, idx_key, val_key)):
+            # what the checkpoint lacks (strict=False) is the layer's own: the
+            # combination must be a valid structure either way
+            ptr = state_dict.get(ptr_key, self.indptr)
+            idx = state_dict.get(idx_key, self.indices)
+            val = state_dict.get(val_key, self.values)
             problem = self._structure_problem(ptr, idx, val)
             if problem is not None:
                 error_msgs.append(f"invalid sparse structure in {prefix!r}: {problem}")
@@ -377,6 +420,7 @@ class SparseLinear(_SparseLayer):
         _check_weight_size(int(out_features), int(in_features), "out_features", "in_features")
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.weight_shape = (self.out_features, self.in_features)
+        self._built = (self.in_features, self.out_features, self.weight_shape)
         self.n_threads = n_threads
         dense = nn.Linear(self.in_features, self.out_features, bias=bias, dtype=dtype)
         if generator is not None:
@@ -406,6 +450,7 @@ class SparseLinear(_SparseLayer):
         nn.Module.__init__(self)
         self.in_features, self.out_features = module.in_features, module.out_features
         self.weight_shape = (self.out_features, self.in_features)
+        self._built = (self.in_features, self.out_features, self.weight_shape)
         self.n_threads = n_threads
         self._init_structure(weight, mask)
         self.bias = (nn.Parameter(module.bias.detach().clone()) if module.bias is not None
@@ -422,7 +467,19 @@ class SparseLinear(_SparseLayer):
                 m.bias.copy_(self.bias)
         return m
 
+    def _check_attributes(self):
+        """The structural attributes are the weight's: reassigning one would make
+        the kernels read the buffers with another shape (silently wrong)."""
+        now = (self.in_features, self.out_features, self.weight_shape)
+        built = getattr(self, "_built", now)
+        if now != built:
+            raise ValueError(
+                f"SparseLinear (in_features, out_features, weight_shape) were set to {now} "
+                f"after construction; the weight is {built}: build a new layer "
+                "(SparseLinear.from_dense) instead of reassigning them")
+
     def forward(self, x):
+        self._check_attributes()
         self._check_input(x)
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"input has shape {tuple(x.shape)}; SparseLinear expects "
@@ -520,6 +577,36 @@ class SparseConv2d(_SparseLayer):
         else:
             self._pre_pad = (self._pads, self.padding_mode)
             self._kernel_padding = [0, 0]
+        self._hyper = self._hyper_now()
+
+    _STRUCTURAL = ("in_channels", "out_channels", "kernel_size", "groups", "weight_shape")
+    _GEOMETRY = ("stride", "padding", "dilation", "padding_mode")
+
+    def _hyper_now(self):
+        return tuple(getattr(self, a) for a in self._STRUCTURAL + self._GEOMETRY)
+
+    def _check_attributes(self):
+        """Attributes reassigned after construction: the geometry (stride,
+        padding, dilation, padding_mode) is validated and takes effect, as on
+        ``nn.Conv2d``; the structure (channels, kernel size, groups) is the
+        weight's and cannot change."""
+        now = self._hyper_now()
+        built = getattr(self, "_hyper", None)
+        if now == built:
+            return
+        if built is not None:
+            n = len(self._STRUCTURAL)
+            for name, was, got in zip(self._STRUCTURAL, built[:n], now[:n], strict=True):
+                if was != got:
+                    raise ValueError(
+                        f"SparseConv2d.{name} was set to {got!r} after construction; the "
+                        f"weight has {name}={was!r} (shape {built[n - 1]}): build a new layer "
+                        "(SparseConv2d.from_dense) instead of reassigning it")
+        # a meta nn.Conv2d validates the new geometry and derives the padding
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                         self.padding, self.dilation, self.groups, False, self.padding_mode,
+                         device="meta")
+        self._copy_hyper(conv, self.algorithm, self.n_threads)
 
     @classmethod
     def from_dense(cls, module, *, algorithm="auto", n_threads=None):
@@ -560,6 +647,7 @@ class SparseConv2d(_SparseLayer):
         return x, self._kernel_padding
 
     def forward(self, x):
+        self._check_attributes()
         self._check_input(x)
         unbatched = x.dim() == 3
         if unbatched:

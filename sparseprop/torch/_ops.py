@@ -48,7 +48,9 @@ def _resolve_threads(n_threads):
             f"n_threads must be 0 (meaning torch.get_num_threads()) or a positive integer; "
             f"got {n_threads}"
         )
-    return torch.get_num_threads() if n_threads == 0 else n_threads
+    if n_threads == 0:  # torch's count may come from a huge OMP_NUM_THREADS: clamp it
+        return min(torch.get_num_threads(), sparseprop._config.max_threads())
+    return n_threads
 
 
 def check_n_threads(n_threads):
@@ -61,6 +63,7 @@ def check_n_threads(n_threads):
     n = n_threads.__index__()
     if n < 1:
         raise ValueError(f"n_threads must be a positive integer or None; got {n}")
+    sparseprop._config.resolve_n_threads(n)  # a value no machine runs is an error now
     return n
 
 
@@ -104,6 +107,9 @@ def check_tensor(t, name, dtype=None):
         )
     if t.layout != torch.strided:
         raise TypeError(f"{name} must be a dense (strided) tensor; got layout {t.layout}")
+    if t.is_nested:
+        raise TypeError(f"{name} must be a dense (strided) tensor; got a nested tensor "
+                        "(run the layer on each of its tensors: t.unbind())")
     if dtype is None:
         if t.dtype not in _SUPPORTED:
             raise TypeError(f"{name} must be float32 or float64; got {t.dtype}")
@@ -202,9 +208,23 @@ def _linear_backward_fake(x, values, indptr, indices, in_features, grad_output,
     return gx, values.new_empty(values.shape)
 
 
+def _save(ctx, *tensors):
+    """``ctx.save_for_backward``, except for inference tensors (a layer built under
+    ``torch.inference_mode()``), which autograd refuses to save: they are kept on
+    ctx as they are (outside inference mode nothing can modify them in place)."""
+    ctx.inference = tuple(t if t is not None and t.is_inference() else None for t in tensors)
+    ctx.save_for_backward(*(None if inf is not None else t
+                            for t, inf in zip(tensors, ctx.inference, strict=True)))
+
+
+def _saved(ctx):
+    return tuple(inf if inf is not None else t
+                 for t, inf in zip(ctx.saved_tensors, ctx.inference, strict=True))
+
+
 def _linear_setup(ctx, inputs, output):
     x, values, indptr, indices, in_features, bias, n_threads = inputs
-    ctx.save_for_backward(x, values, indptr, indices)
+    _save(ctx, x, values, indptr, indices)
     ctx.in_features = in_features
     ctx.n_threads = n_threads
     ctx.has_bias = bias is not None
@@ -213,7 +233,7 @@ def _linear_setup(ctx, inputs, output):
 def _linear_grads(ctx, grad, backward):
     """The gradients of (x, values, ..., bias, ...); ``backward`` is the
     linear_backward op or, on the eager path, its implementation."""
-    x, values, indptr, indices = ctx.saved_tensors
+    x, values, indptr, indices = _saved(ctx)
     need_x, need_v = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     gx = gv = gb = None
     if need_x or need_v:
@@ -222,7 +242,8 @@ def _linear_grads(ctx, grad, backward):
         gx = gx if need_x else None
         gv = gv if need_v else None
     if ctx.has_bias and ctx.needs_input_grad[5]:
-        gb = grad.reshape(-1, grad.shape[-1]).sum(0)
+        # flatten, not reshape(-1, n): a layer with 0 out_features has n = 0
+        gb = grad.flatten(0, -2).sum(0) if grad.dim() > 1 else grad
     return gx, gv, None, None, None, gb, None
 
 
@@ -340,7 +361,7 @@ def _conv2d_backward_fake(x, values, indptr, indices, weight_shape, grad_output,
 def _conv2d_setup(ctx, inputs, output):
     (x, values, indptr, indices, weight_shape, bias, stride, padding, dilation, groups,
      algorithm, n_threads) = inputs
-    ctx.save_for_backward(x, values, indptr, indices)
+    _save(ctx, x, values, indptr, indices)
     ctx.args = (weight_shape, stride, padding, dilation, groups, algorithm, n_threads)
     ctx.has_bias = bias is not None
 
@@ -348,7 +369,7 @@ def _conv2d_setup(ctx, inputs, output):
 def _conv2d_grads(ctx, grad, backward):
     """The gradients of conv2d's arguments; ``backward`` is the conv2d_backward
     op or, on the eager path, its implementation."""
-    x, values, indptr, indices = ctx.saved_tensors
+    x, values, indptr, indices = _saved(ctx)
     weight_shape, stride, padding, dilation, groups, algorithm, n_threads = ctx.args
     need_x, need_v = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     gx = gv = gb = None

@@ -10,8 +10,10 @@ mask cost:
   weight shape.  The entry keeps *weak* references to the two tensors and
   their ``_version`` counters at validation time.
 * A call with the very same tensors at the same versions is a dictionary hit:
-  the cached matrix gets the new values with ``with_data`` (O(1), sharing the
-  cached plans).
+  the index contents are compared with the cached copy (one memcmp-speed pass,
+  no validation: about 0.02 ms for 10^5 nonzeros, against milliseconds for
+  the pass itself) and the cached matrix gets the new values with
+  ``with_data`` (O(1), sharing the cached plans).
 * Any other call for the same key (tensors changed in place, which bumps
   ``_version`` - e.g. DDP's buffer broadcast - or other tensor objects at the
   same address) compares the index contents with the cached copy (O(nnz), no
@@ -21,8 +23,9 @@ mask cost:
   range; entries die with their tensors (weakref callbacks).
 
 Writing into an index buffer behind torch's back (through ``.data`` or a
-NumPy view, which do not bump ``_version``) is not supported; the layers never
-do it (a new mask means new buffers).
+NumPy view, which do not bump ``_version``, or into an inference tensor, which
+has none) is seen by that comparison: the new structure is validated like any
+other.  The layers themselves never do it (a new mask means new buffers).
 """
 import threading
 import weakref
@@ -68,21 +71,21 @@ class StructureCache:
         """
         key = (kind, tuple(shape), indptr.data_ptr(), indptr.numel(),
                indices.data_ptr(), indices.numel())
-        versions = (indptr._version, indices._version)
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                rp, ri = entry.refs
-                if rp() is indptr and ri() is indices and entry.versions == versions:
-                    self.stats["hits"] += 1
-                    return entry.matrix
+        versions = (_version(indptr), _version(indices))
         ptr_np = indptr.detach().numpy()
         idx_np = indices.detach().numpy()
+        with self._lock:
+            entry = self._entries.get(key)
         if entry is not None:
-            self.stats["content_checks"] += 1
+            rp, ri = entry.refs
+            same = rp() is indptr and ri() is indices and entry.versions == versions
+            self.stats["hits" if same else "content_checks"] += 1
+            # compared on hits too: writes through .data or a NumPy view (and any
+            # write to an inference tensor) change the contents without _version
             ref_ptr, ref_idx = entry.matrix._sp_structure
             if np.array_equal(ref_ptr, ptr_np) and np.array_equal(ref_idx, idx_np):
-                self._store(key, entry.matrix, indptr, indices, versions)
+                if not same:
+                    self._store(key, entry.matrix, indptr, indices, versions)
                 return entry.matrix
         self.stats["builds"] += 1
         matrix = build(ptr_np, idx_np)
@@ -106,6 +109,11 @@ class StructureCache:
 CACHE = StructureCache()
 
 
+def _version(t):
+    """``t._version``, or None for an inference tensor (which has no version counter)."""
+    return None if t.is_inference() else t._version
+
+
 def build_csr(indptr_np, indices_np, shape, dtype):
     """Validate a CSR structure of ``shape``; a tagged CSRMatrix with zero values."""
     nnz = indices_np.shape[0]
@@ -122,4 +130,4 @@ class _Tagged:
         self.weight = weight
         self._sp_structure = structure
         for a in structure:
-            a.flags.writeable = False
+            a.flags.writeable = False  # private: nothing outside this module sees them
