@@ -635,6 +635,40 @@ with torch.inference_mode():
     lin.indices[:r0] = torch.arange(8 - r0, 8, dtype=torch.int32)
     close(lin(x), F.linear(x, lin.dense_weight(), lin.bias))
 """),
+    Script("index-buffer-written-between-forward-and-backward",
+           "an index buffer rewritten behind torch's back between a forward and its backward "
+           "(linear, conv, a layer built under inference mode): the backward raises, and so "
+           "does a pending backward after a later forward saw the change; never the new "
+           "structure paired with the old input", """
+def move_row0(layer, to_end):   # row 0 to its first / last columns: a valid, sorted structure
+    n = layer.indices.numpy()
+    r0 = int(layer.indptr[1])
+    cols = layer.in_features if isinstance(layer, spt.SparseLinear) else int(
+        np.prod(layer.weight_shape[1:]))
+    before = n[:r0].copy()
+    n[:r0] = np.arange(cols - r0, cols) if to_end else np.arange(r0)
+    assert 0 < r0 < cols and not np.array_equal(before, n[:r0])
+with torch.inference_mode():
+    lin_inf = spt.SparseLinear(8, 4, sparsity=0.5, generator=gen)
+for make, inp in ((lambda: spt.SparseLinear(8, 4, sparsity=0.5, generator=gen), x),
+                  (lambda: spt.SparseConv2d(3, 4, 3, sparsity=0.5, generator=gen), xc),
+                  (lambda: lin_inf, x)):
+    layer = make()
+    xi = inp.clone().requires_grad_()
+    y = layer(xi)
+    move_row0(layer, to_end=True)
+    raises(lambda: y.sum().backward(), RuntimeError, "between its forward and its backward")
+    if layer is lin_inf:
+        continue                       # inference tensors: no version counter to bump
+    y_old = layer(xi)                  # forward A (new structure validated), a write, forward B
+    move_row0(layer, to_end=False)
+    y_new = layer(xi)                  # sees the change and bumps the buffers' version
+    raises(lambda: y_old.sum().backward(), RuntimeError, "modified by an inplace operation")
+    y_new.sum().backward()             # the new forward's own backward is right
+    ref = xi.detach().clone().requires_grad_()
+    layer.to_dense()(ref).sum().backward()
+    close(xi.grad, ref.grad)
+"""),
     Script("mask-changed-between-forward-and-backward",
            "set_mask_ (same nnz) / prune_ between a forward and its backward: torch's "
            "'modified by an inplace operation', never new values paired with the old "

@@ -125,10 +125,10 @@ def _np(t):
     return t.detach().numpy()
 
 
-def _csr(values, indptr, indices, shape):
+def _csr(values, indptr, indices, shape, for_backward=False):
     tagged = _structure.CACHE.get(
         "csr", indptr, indices, shape,
-        lambda p, i: _structure.build_csr(p, i, shape, np.float32),
+        lambda p, i: _structure.build_csr(p, i, shape, np.float32), for_backward,
     )
     return tagged.weight.with_data(_np(values.contiguous()))
 
@@ -182,7 +182,7 @@ def _linear_backward_impl(x, values, indptr, indices, in_features, grad_output,
     _check_structure_args(values, indptr, indices)
     check_tensor(x, "input", values.dtype)
     check_tensor(grad_output, "grad_output", values.dtype)
-    W = _csr(values, indptr, indices, (indptr.shape[0] - 1, in_features))
+    W = _csr(values, indptr, indices, (indptr.shape[0] - 1, in_features), for_backward=True)
     dX, dW = sparseprop.linear_backward(_np(x), W, _np(grad_output), bool(need_input_grad),
                                         n_threads=_resolve_threads(n_threads))
     gx = torch.from_numpy(dX) if dX is not None else x.new_empty((0,))
@@ -274,11 +274,11 @@ def _build_conv(indptr_np, indices_np, weight_shape, dtype):
     return _structure._Tagged(conv_weight, (conv_weight.och, np.array(indices_np)))
 
 
-def _conv_weight(values, indptr, indices, weight_shape):
+def _conv_weight(values, indptr, indices, weight_shape, for_backward=False):
     shape = check_weight_shape(weight_shape)
     tagged = _structure.CACHE.get(
         "conv2d", indptr, indices, shape,
-        lambda p, i: _build_conv(p, i, shape, np.float32),
+        lambda p, i: _build_conv(p, i, shape, np.float32), for_backward,
     )
     return tagged.weight.with_data(_np(values.contiguous()))
 
@@ -326,7 +326,7 @@ def _conv2d_backward_impl(x, values, indptr, indices, weight_shape, grad_output,
     check_tensor(x, "input", values.dtype)
     check_tensor(grad_output, "grad_output", values.dtype)
     check_conv_input(x)
-    W = _conv_weight(values, indptr, indices, weight_shape)
+    W = _conv_weight(values, indptr, indices, weight_shape, for_backward=True)
     dX, dW = sparseprop.conv2d_backward(
         _np(x), W, _np(grad_output), stride=tuple(stride), padding=tuple(padding),
         dilation=tuple(dilation), groups=groups, need_input_grad=bool(need_input_grad),

@@ -25,12 +25,19 @@ mask cost:
 Writing into an index buffer behind torch's back (through ``.data`` or a
 NumPy view, which do not bump ``_version``, or into an inference tensor, which
 has none) is seen by that comparison: the new structure is validated like any
-other.  The layers themselves never do it (a new mask means new buffers).
+other, and the buffers' ``_version`` is bumped then (where they have one), so
+a backward still pending from a forward with the old structure fails with
+torch's "modified by an inplace operation" instead of pairing the new
+structure with that forward's input.  A backward's own lookup
+(``for_backward=True``) never rebuilds: a structure that differs from the one
+its forward validated is an error.  The layers themselves never write into
+their buffers (a new mask means new buffers).
 """
 import threading
 import weakref
 
 import numpy as np
+import torch
 
 import sparseprop
 
@@ -63,11 +70,15 @@ class StructureCache:
     def __len__(self):
         return len(self._entries)
 
-    def get(self, kind, indptr, indices, shape, build):
+    def get(self, kind, indptr, indices, shape, build, for_backward=False):
         """The cached weight object for this structure, building it once.
 
         ``build(indptr_np, indices_np)`` validates and returns the weight
         object (with any values; callers attach theirs with ``with_data``).
+        ``for_backward``: the call comes from a backward pass, whose forward
+        validated these very tensors; if their contents changed since, raise
+        RuntimeError rather than differentiate the forward with another
+        structure.
         """
         key = (kind, tuple(shape), indptr.data_ptr(), indptr.numel(),
                indices.data_ptr(), indices.numel())
@@ -78,7 +89,8 @@ class StructureCache:
             entry = self._entries.get(key)
         if entry is not None:
             rp, ri = entry.refs
-            same = rp() is indptr and ri() is indices and entry.versions == versions
+            same_tensors = rp() is indptr and ri() is indices
+            same = same_tensors and entry.versions == versions
             self.stats["hits" if same else "content_checks"] += 1
             # compared on hits too: writes through .data or a NumPy view (and any
             # write to an inference tensor) change the contents without _version
@@ -87,6 +99,19 @@ class StructureCache:
                 if not same:
                     self._store(key, entry.matrix, indptr, indices, versions)
                 return entry.matrix
+            if for_backward and same_tensors:
+                raise RuntimeError(
+                    "the index buffers (indptr / indices) of a sparse weight were written "
+                    "between its forward and its backward, behind torch's version counter "
+                    "(through .data, a NumPy view or an inference tensor); the gradient "
+                    "would pair the new structure with the forward's input. Run the "
+                    "forward again after changing the structure (or use set_mask_)."
+                )
+            if same:  # written behind torch's back: fail pending backwards of the old one
+                for t in (indptr, indices):
+                    if not t.is_inference():
+                        torch.autograd.graph.increment_version(t)
+                versions = (_version(indptr), _version(indices))
         self.stats["builds"] += 1
         matrix = build(ptr_np, idx_np)
         self._store(key, matrix, indptr, indices, versions)
