@@ -211,13 +211,19 @@ def _linear_backward_fake(x, values, indptr, indices, in_features, grad_output,
 def _save(ctx, *tensors):
     """``ctx.save_for_backward``, except for inference tensors (a layer built under
     ``torch.inference_mode()``), which autograd refuses to save: they are kept on
-    ctx as they are (outside inference mode nothing can modify them in place)."""
+    ctx as they are, with the structure cache's count of writes into them behind
+    torch's back standing in for the version counter they lack."""
     ctx.inference = tuple(t if t is not None and t.is_inference() else None for t in tensors)
+    ctx.rewrites = tuple(None if t is None else _structure.CACHE.rewrites(t)
+                         for t in ctx.inference)
     ctx.save_for_backward(*(None if inf is not None else t
                             for t, inf in zip(tensors, ctx.inference, strict=True)))
 
 
 def _saved(ctx):
+    for t, n in zip(ctx.inference, ctx.rewrites, strict=True):
+        if t is not None and _structure.CACHE.rewrites(t) != n:
+            raise _structure.StructureChangedError()
     return tuple(inf if inf is not None else t
                  for t, inf in zip(ctx.saved_tensors, ctx.inference, strict=True))
 

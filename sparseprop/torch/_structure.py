@@ -25,13 +25,14 @@ mask cost:
 Writing into an index buffer behind torch's back (through ``.data`` or a
 NumPy view, which do not bump ``_version``, or into an inference tensor, which
 has none) is seen by that comparison: the new structure is validated like any
-other, and the buffers' ``_version`` is bumped then (where they have one), so
-a backward still pending from a forward with the old structure fails with
-torch's "modified by an inplace operation" instead of pairing the new
-structure with that forward's input.  A backward's own lookup
-(``for_backward=True``) never rebuilds: a structure that differs from the one
-its forward validated is an error.  The layers themselves never write into
-their buffers (a new mask means new buffers).
+other, and the buffers' ``_version`` is bumped then, so a backward still
+pending from a forward with the old structure fails with torch's "modified by
+an inplace operation" instead of pairing the new structure with that
+forward's input.  Inference tensors have no version: the cache counts such
+writes on the tensor, and the ops compare the count saved at forward time.  A
+backward's own lookup (``for_backward=True``) never rebuilds: a structure that
+differs from the one its forward validated is an error.  The layers
+themselves never write into their buffers (a new mask means new buffers).
 """
 import threading
 import weakref
@@ -100,22 +101,24 @@ class StructureCache:
                     self._store(key, entry.matrix, indptr, indices, versions)
                 return entry.matrix
             if for_backward and same_tensors:
-                raise RuntimeError(
-                    "the index buffers (indptr / indices) of a sparse weight were written "
-                    "between its forward and its backward, behind torch's version counter "
-                    "(through .data, a NumPy view or an inference tensor); the gradient "
-                    "would pair the new structure with the forward's input. Run the "
-                    "forward again after changing the structure (or use set_mask_)."
-                )
+                raise StructureChangedError()
             if same:  # written behind torch's back: fail pending backwards of the old one
                 for t in (indptr, indices):
-                    if not t.is_inference():
+                    if t.is_inference():  # no version counter: counted on the tensor
+                        t._sparseprop_rewrites = self.rewrites(t) + 1
+                    else:
                         torch.autograd.graph.increment_version(t)
                 versions = (_version(indptr), _version(indices))
         self.stats["builds"] += 1
         matrix = build(ptr_np, idx_np)
         self._store(key, matrix, indptr, indices, versions)
         return matrix
+
+    @staticmethod
+    def rewrites(t):
+        """How many writes behind torch's back the cache has seen in the
+        inference tensor ``t`` (a version counter for tensors that have none)."""
+        return getattr(t, "_sparseprop_rewrites", 0)
 
     def _store(self, key, matrix, indptr, indices, versions):
         def drop(_ref, key=key):
@@ -132,6 +135,18 @@ class StructureCache:
 
 
 CACHE = StructureCache()
+
+
+class StructureChangedError(RuntimeError):
+    """A backward found its forward's index buffers rewritten behind torch's back."""
+
+    def __init__(self):
+        super().__init__(
+            "the index buffers (indptr / indices) of a sparse weight were written between "
+            "its forward and its backward, behind torch's version counter (through .data, "
+            "a NumPy view or an inference tensor); the gradient would pair the new "
+            "structure with the forward's input. Run the forward again after changing the "
+            "structure (or use set_mask_).")
 
 
 def _version(t):
