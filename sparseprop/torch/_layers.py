@@ -415,6 +415,13 @@ class SparseLinear(_SparseLayer):
     backward run the SparseProp kernels, whose cost grows with the number of
     nonzeros.  Build one from a (pruned) ``nn.Linear`` with :meth:`from_dense`.
 
+    Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` a float32 layer
+    returns bfloat16, like ``nn.Linear``, from bfloat16 kernels (bfloat16
+    activations, float32 weights and sums); a bfloat16 input outside autocast
+    runs them too.  Under float16 autocast the input is rounded to float16,
+    widened, run through the float32 kernels and the output rounded to
+    float16 (no float16 kernels).  ``values`` and ``bias`` stay float32.
+
     Parameters
     ----------
     in_features, out_features : int
@@ -539,6 +546,13 @@ class SparseConv2d(_SparseLayer):
     odd halves of ``"same"`` are applied with ``F.pad`` first, as ``nn.Conv2d``
     does), dilation, groups and rectangular kernels.  Inputs may be
     non-contiguous or channels_last; the output is contiguous NCHW.
+
+    Under ``torch.autocast("cpu", dtype=torch.bfloat16 or torch.float16)`` a
+    float32 layer returns the autocast dtype, like ``nn.Conv2d``, but the
+    computation is *widened*: there are no bfloat16 conv kernels yet, so the
+    input is rounded to the autocast dtype, widened to float32, run through
+    the float32 kernels, and the output rounded back.  ``values`` and
+    ``bias`` stay float32.
 
     Parameters
     ----------
