@@ -75,9 +75,8 @@ CPU_AVX512BF16 = bool(sp_cpu_has_avx512bf16())
 #: AVX-512 level is chosen, the CPU has it, SPARSEPROP_AVX512BF16 is not 0.
 BF16_EXT = ISA_NAME == "avx512" and CPU_AVX512BF16 and _bf16_ext_from_env()
 #: The code region of the bfloat16 linear kernels in this process: avx512bf16,
-#: avx512, avx2 or scalar (AArch64 has no NEON bfloat16 kernels: scalar).
-BF16_LINEAR_REGION = ("avx512bf16" if BF16_EXT else
-                      ISA_NAME if ISA_NAME in ("avx512", "avx2") else "scalar")
+#: or the ISA's own (avx512, avx2, neon, scalar).
+BF16_LINEAR_REGION = "avx512bf16" if BF16_EXT else ISA_NAME
 
 
 def openmp_enabled():

@@ -26,6 +26,7 @@ from sparseprop._memory cimport round_up64
 
 from sparseprop import _config, _exact
 from sparseprop._checks import bf16_round, bf16_widen, is_bfloat16
+from sparseprop._convweight import SparseConvWeight
 from sparseprop._checks import (as_float_array, check_bias, check_weight_values, output_array,
                                 scratch)
 from sparseprop._conv_plan import ALGORITHMS  # no-cython-lint (re-exported)
@@ -196,8 +197,8 @@ cdef void _load_geom(sp_conv_geom* g, plan, int64_t B):
 def _bf16_input(X, name, W):
     """X widened to float32 if it is a bfloat16 array (W must be float32), else None."""
     dt = getattr(X, "dtype", None)
-    if not (isinstance(X, np.ndarray) and is_bfloat16(dt)):
-        return None
+    if not (isinstance(X, np.ndarray) and is_bfloat16(dt) and isinstance(W, SparseConvWeight)):
+        return None  # the float path's checks name what is wrong
     as_float_array(X, name, W.dtype, allow_bf16=True)  # the float32-weight check
     return bf16_widen(X)
 

@@ -398,6 +398,20 @@ SP_ALWAYS_INLINE void SP_FN(sp_vstore_bf16)(uint16_t* p, __m512 v)
     _mm256_storeu_si256((__m256i*)p, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
 #endif
 }
+#elif SP_CUR_BF16 && SP_VBITS == 128 /* NEON */
+SP_ALWAYS_INLINE float32x4_t SP_FN(sp_vload_bf16)(const uint16_t* p)
+{
+    return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16));
+}
+SP_ALWAYS_INLINE void SP_FN(sp_vstore_bf16)(uint16_t* p, float32x4_t v)
+{
+    const uint32x4_t u = vreinterpretq_u32_f32(v);
+    const uint32x4_t odd = vandq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(1));
+    const uint32x4_t r = vaddq_u32(u, vaddq_u32(odd, vdupq_n_u32(0x7fff)));
+    const uint32x4_t num = vceqq_f32(v, v); /* all ones where v is not NaN */
+    const uint32x4_t q = vorrq_u32(u, vdupq_n_u32(0x00400000));
+    vst1_u16(p, vshrn_n_u32(vbslq_u32(num, r, q), 16));
+}
 #elif SP_CUR_BF16 && SP_VBITS != 0
 #error "no bfloat16 loads and stores for this region"
 #endif

@@ -17,8 +17,7 @@
  * SP_FAMILY_BF16 1 (optional) also compiles the family's bfloat16 regions
  * (float32 compute, bfloat16 activations; see simd_begin.h): scalar, and on
  * x86-64 avx2, avx512 and - where the compiler knows the target - avx512bf16
- * (512-bit vectors only).  AArch64 has no bfloat16 region: its dispatcher
- * gives the scalar one.
+ * (512-bit vectors only); neon on AArch64.
  * No include guard: every family header includes this once. */
 #ifndef SP_FAMILY_IMPL
 #error "define SP_FAMILY_IMPL (the implementation header) before including instantiate.h"
@@ -125,6 +124,14 @@
 #include "sparseprop/simd_end.h"
 #endif
 #endif /* SP_X86 */
+#if SP_ARM64
+#define SP_CUR_ISA SP_ISA_NEON
+#define SP_CUR_F64 0
+#define SP_CUR_BF16 1
+#include "sparseprop/simd_begin.h"
+#include SP_FAMILY_IMPL
+#include "sparseprop/simd_end.h"
+#endif
 #endif /* SP_FAMILY_BF16 */
 
 #undef SP_FAMILY_IMPL

@@ -173,7 +173,7 @@ SP_DEFINE_SELECT(sp_linear_kernels, sp_linear_select, SP_LINEAR_SET_, avx512)
 
 /* The bfloat16 kernels of an ISA level (already capped by the caller); on the
  * AVX-512 level, those that use AVX512_BF16 when use_bf16x (the caller
- * checks sp_cpu_has_avx512bf16).  AArch64 and other CPUs: the scalar ones. */
+ * checks sp_cpu_has_avx512bf16).  AArch64: neon (widening by shifts). */
 SP_INLINE sp_linear_kernels sp_linear_select_bf16(int isa, int use_bf16x)
 {
     sp_linear_kernels k;
@@ -189,6 +189,10 @@ SP_INLINE sp_linear_kernels sp_linear_select_bf16(int isa, int use_bf16x)
         SP_LINEAR_SET_(bf16, avx512);
     else if (id == SP_ISA_AVX2)
         SP_LINEAR_SET_(bf16, avx2);
+    else
+#elif SP_ARM64
+    if (id == SP_ISA_NEON)
+        SP_LINEAR_SET_(bf16, neon);
     else
 #endif
         SP_LINEAR_SET_(bf16, scalar);
