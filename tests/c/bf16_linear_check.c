@@ -1,6 +1,6 @@
 /* The bfloat16 linear forward kernels of ISA level 1 (AArch64: neon; x86-64:
- * avx2) against the scalar bfloat16 ones (AArch64 only: see below) and against the same level's float32
- * kernels on the widened input, rounded: bit for bit, over SIMD tails, row
+ * avx2) against the scalar bfloat16 ones (AArch64 only: see below) and
+ * against the same level's float32 kernels on the widened input, rounded: bit for bit, over SIMD tails, row
  * strides, 0% / 100% density and a NaN payload that would carry into the sign
  * if rounded like a number.  tests/test_neon_bf16.py cross-compiles it for
  * AArch64 and runs it under qemu-aarch64-static: the NEON bfloat16 region has
