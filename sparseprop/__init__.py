@@ -59,12 +59,18 @@ def config():
         "isa": isa["isa"],
         "isa_cpu_best": isa["cpu_best"],
         "isa_cap (SPARSEPROP_ISA)": isa["cap"] or "none",
+        "cpu_avx512bf16": isa["cpu_avx512bf16"],
+        # what bfloat16 activations run on (see README, "bfloat16")
+        "bf16_linear": f"bfloat16 kernels ({isa['bf16_linear']}), float32 sums",
+        "bf16_conv2d": "widened: float32 kernels, inputs widened and outputs rounded "
+                       "in the driver (no bfloat16 conv kernel)",
         "openmp": _config.openmp_enabled(),
         "default_threads": _config.default_n_threads(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "scipy": _installed_version("scipy"),
         "torch": _installed_version("torch"),
+        "ml_dtypes": _installed_version("ml_dtypes"),
         "machine": platform.machine(),
         "cpu": _cpu_model(),
     }

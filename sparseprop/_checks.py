@@ -12,15 +12,30 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def as_float_array(x, name, dtype):
-    """``x`` as an ndarray of exactly ``dtype`` (no silent casts)."""
+def is_bfloat16(dtype):
+    """True for ``ml_dtypes.bfloat16`` (recognised without importing ml_dtypes:
+    an array of it can only exist once the user has imported it)."""
+    return (isinstance(dtype, np.dtype) and dtype.kind == "V" and dtype.itemsize == 2
+            and dtype.name == "bfloat16")
+
+
+def as_float_array(x, name, dtype, allow_bf16=False):
+    """``x`` as an ndarray of exactly ``dtype`` (no silent casts).
+
+    With ``allow_bf16``, an ``ml_dtypes.bfloat16`` array is taken as well when
+    ``dtype`` (the weight's) is float32: bfloat16 activations, float32
+    weights."""
     if type(x).__module__.startswith("torch"):
         raise TypeError(
             f"{name} is a torch.Tensor; the NumPy API takes arrays (use tensor.numpy(), "
             "or the layers in sparseprop.torch)"
         )
     arr = np.asarray(x)
-    if arr.dtype != dtype:
+    if allow_bf16 and is_bfloat16(arr.dtype):
+        if dtype != np.float32:
+            raise TypeError(f"{name} has dtype bfloat16, which needs a float32 weight (bfloat16 "
+                            f"activations, float32 weights); the weight has dtype {dtype}")
+    elif arr.dtype != dtype:
         if arr.dtype in FLOAT_DTYPES:
             raise TypeError(
                 f"{name} has dtype {arr.dtype} but the weight has dtype {dtype}; "
@@ -30,6 +45,26 @@ def as_float_array(x, name, dtype):
     if not arr.flags.aligned:  # e.g. a view into a byte buffer: the kernels need aligned data
         arr = arr.copy()
     return arr
+
+
+def bf16_widen(arr):
+    """A float32 copy of a bfloat16 array: each value exactly (a 16-bit shift)."""
+    bits = np.ascontiguousarray(arr).view(np.uint16)
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def bf16_round(arr, bf16_dtype, out=None):
+    """A float32 array rounded to bfloat16 (nearest, ties to even; a NaN stays a
+    quiet NaN), as an array of ``bf16_dtype``; written into ``out`` (an array of
+    that dtype and shape) if given.  The same rounding as the C kernels'."""
+    u = np.ascontiguousarray(arr, dtype=np.float32).view(np.uint32)
+    r = ((u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16))
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    r = np.where(nan, (u >> np.uint32(16)) | np.uint32(0x40), r).astype(np.uint16)
+    if out is None:
+        return r.view(bf16_dtype)
+    out.view(np.uint16)[...] = r
+    return out
 
 
 def rows_view(arr, name):

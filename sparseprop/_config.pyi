@@ -3,6 +3,9 @@ CPU_ISA: int
 ISA_CAP: str | None
 ISA: int
 ISA_NAME: str
+CPU_AVX512BF16: bool
+BF16_EXT: bool
+BF16_LINEAR_REGION: str
 MAX_N_THREADS: int
 USABLE_CPUS: int
 

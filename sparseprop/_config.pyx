@@ -5,6 +5,11 @@ supports, capped by the environment variable ``SPARSEPROP_ISA`` (``scalar``,
 ``avx2`` or ``avx512`` on x86-64; ``scalar`` or ``neon`` on AArch64).  Every
 kernel module reads :data:`ISA` at its own import, so the cap must be set
 before ``import sparseprop``.
+
+The bfloat16 linear kernels on the AVX-512 level also use the AVX512_BF16
+extension where the CPU has it (:data:`BF16_EXT`); ``SPARSEPROP_AVX512BF16=0``
+turns that off (they then round by integer arithmetic, as on plain
+AVX-512), so both paths can be tested on one machine.
 """
 import os
 
@@ -16,6 +21,7 @@ cdef extern from "sparseprop/dispatch.h" nogil:
     const char* sp_isa_level_name(int level)
     int sp_cpu_best_isa()
     int sp_compiled_max_isa()
+    int sp_cpu_has_avx512bf16()
 
 cdef extern from "sparseprop/threads.h" nogil:
     int SP_OPENMP
@@ -48,6 +54,29 @@ _cap, ISA_CAP = _isa_from_env()
 ISA = min(CPU_ISA, _cap)
 #: Its name: one of ISA_NAMES.
 ISA_NAME = ISA_NAMES[ISA]
+
+
+def _bf16_ext_from_env():
+    """False if SPARSEPROP_AVX512BF16 turns the extension off; raise on a bad value."""
+    raw = os.environ.get("SPARSEPROP_AVX512BF16", "")
+    value = raw.strip().lower()
+    if value in ("", "auto", "1"):
+        return True
+    if value == "0":
+        return False
+    raise ValueError(f"SPARSEPROP_AVX512BF16={raw!r} is not 0, 1 or auto (unset: use the "
+                     "AVX512_BF16 instructions where the CPU has them)")
+
+
+#: Whether the CPU has the AVX512_BF16 extension (and this build the kernels
+#: that use it).
+CPU_AVX512BF16 = bool(sp_cpu_has_avx512bf16())
+#: Whether the bfloat16 linear kernels use AVX512_BF16 in this process: the
+#: AVX-512 level is chosen, the CPU has it, SPARSEPROP_AVX512BF16 is not 0.
+BF16_EXT = ISA_NAME == "avx512" and CPU_AVX512BF16 and _bf16_ext_from_env()
+#: The code region of the bfloat16 linear kernels in this process: avx512bf16,
+#: or the ISA's own (avx512, avx2, neon, scalar).
+BF16_LINEAR_REGION = "avx512bf16" if BF16_EXT else ISA_NAME
 
 
 def openmp_enabled():
@@ -150,6 +179,8 @@ def isa_info():
         "cpu_best": ISA_NAMES[CPU_ISA],
         "cap": ISA_CAP,
         "available": list(ISA_NAMES[: CPU_ISA + 1]),
+        "cpu_avx512bf16": CPU_AVX512BF16,
+        "bf16_linear": BF16_LINEAR_REGION,
     }
 
 

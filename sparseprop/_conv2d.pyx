@@ -25,6 +25,8 @@ from sparseprop._memory cimport data_ptr as _ptr
 from sparseprop._memory cimport round_up64
 
 from sparseprop import _config, _exact
+from sparseprop._checks import bf16_round, bf16_widen, is_bfloat16
+from sparseprop._convweight import SparseConvWeight
 from sparseprop._checks import (as_float_array, check_bias, check_weight_values, output_array,
                                 scratch)
 from sparseprop._conv_plan import ALGORITHMS  # no-cython-lint (re-exported)
@@ -192,6 +194,15 @@ cdef void _load_geom(sp_conv_geom* g, plan, int64_t B):
 
 # ---------------------------------------------------------------- forward
 
+def _bf16_input(X, name, W):
+    """X widened to float32 if it is a bfloat16 array (W must be float32), else None."""
+    dt = getattr(X, "dtype", None)
+    if not (isinstance(X, np.ndarray) and is_bfloat16(dt) and isinstance(W, SparseConvWeight)):
+        return None  # the float path's checks name what is wrong
+    as_float_array(X, name, W.dtype, allow_bf16=True)  # the float32-weight check
+    return bf16_widen(X)
+
+
 def conv2d_forward(X, W, bias=None, stride=1, padding=0, dilation=1, groups=1,
                    algorithm="auto", *, n_threads=None, out=None):
     """Forward pass of a sparse conv2d layer.
@@ -204,7 +215,9 @@ def conv2d_forward(X, W, bias=None, stride=1, padding=0, dilation=1, groups=1,
     X : ndarray, shape (batch, in_channels, H, W) or (in_channels, H, W)
         Input (NCHW), same dtype as ``W``; any strides (channels_last views,
         read-only arrays are fine; inputs whose last axis is not contiguous
-        are copied first).
+        are copied first).  ``ml_dtypes.bfloat16`` with a float32 ``W`` is
+        *widened*: there is no bfloat16 conv kernel; X is copied to float32,
+        the float32 kernels run, and Y is rounded to bfloat16 (nearest even).
     W : SparseConvWeight, shape (out_channels, in_channels // groups, kh, kw)
     bias : ndarray, shape (out_channels,), optional
     stride : int or (int, int), default 1
@@ -240,6 +253,13 @@ def conv2d_forward(X, W, bias=None, stride=1, padding=0, dilation=1, groups=1,
     Only stored weights multiply: a NaN or Inf in X reaches only the outputs
     that a stored weight connects it to.
     """
+    Xw = _bf16_input(X, "X", W)
+    if Xw is not None:  # bfloat16: widened, see X above
+        Y = conv2d_forward(Xw, W, bias, stride, padding, dilation, groups, algorithm,
+                           n_threads=n_threads)
+        if out is not None:
+            output_array(out, Y.shape, X.dtype, "out", (("X", X), ("bias", bias)))
+        return bf16_round(Y, X.dtype, out)
     check_weight_values(W, ("out", out))  # values changed in place, or aliased by out?
     dtype, X4, unbatched, geo = prepare(X, W, stride, padding, dilation, groups, algorithm)
     OH, OW = geo.OH, geo.OW
@@ -318,10 +338,12 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
     Parameters
     ----------
     X : ndarray, shape (batch, in_channels, H, W) or (in_channels, H, W)
-        The forward input.
+        The forward input.  ``ml_dtypes.bfloat16`` (with a float32 ``W`` and
+        a bfloat16 ``dY``) is widened to float32 as in :func:`conv2d_forward`:
+        dX is rounded to bfloat16, dW is float32.
     W : SparseConvWeight
     dY : ndarray, shape (batch, out_channels, OH, OW) (no batch axis for 3-D X)
-        Gradient of the loss with respect to the forward output.
+        Gradient of the loss with respect to the forward output, of X's dtype.
     stride, padding, dilation, groups
         As in :func:`conv2d_forward` (the same values as the forward pass).
     need_input_grad : bool, default True
@@ -351,6 +373,21 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
     both gradients are recomputed on an exact (slow) path, because the fused
     kernel's border handling is exact only for finite values.
     """
+    Xw = _bf16_input(X, "X", W)
+    if Xw is not None:  # bfloat16: widened, see X above
+        dYw = _bf16_input(dY, "dY", W)
+        if dYw is None:
+            raise TypeError(f"dY has dtype {getattr(dY, 'dtype', type(dY).__name__)} but X has "
+                            f"dtype bfloat16; they must match")
+        if out_dx is not None and not need_input_grad:
+            raise ValueError("out_dx was given but need_input_grad is False (no dX is computed)")
+        dXw, dW = conv2d_backward(Xw, W, dYw, stride, padding, dilation, groups,
+                                  need_input_grad, algorithm, n_threads=n_threads)
+        if dXw is None:
+            return None, dW
+        if out_dx is not None:
+            output_array(out_dx, dXw.shape, X.dtype, "out_dx", (("X", X), ("dY", dY)))
+        return bf16_round(dXw, X.dtype, out_dx), dW
     check_weight_values(W, ("out_dx", out_dx))  # values changed in place, or under out_dx?
     dtype, X4, unbatched, geo = prepare(X, W, stride, padding, dilation, groups, algorithm)
     OH, OW = geo.OH, geo.OW

@@ -11,6 +11,12 @@ there are fewer chunks than threads they also split the output rows
 (forward) or input columns (backward).  Tasks never write the same output
 element; dW is accumulated in one partial buffer per batch group and summed
 once at the end.  No atomics, no barriers inside a pass.
+
+bfloat16: X and dY may be ``ml_dtypes.bfloat16`` arrays with a float32
+weight; Y and dX are then bfloat16 (rounded to nearest even from float32
+sums) and dW float32.  The kernels read and write the activations as
+bfloat16 and compute in float32 (include/sparseprop/linear.h), so the driver
+carries two item sizes: the activations' and the weight's.
 """
 
 import numpy as np
@@ -28,7 +34,7 @@ from sparseprop import _config
 from sparseprop._linear_plan import (backward_plan, backward_split, forward_blocks,
                                      forward_plan, forward_split)
 from sparseprop._checks import as_float_array, check_bias, row_stride, rows_view, scratch
-from sparseprop._checks import check_result_size, check_weight_values, output_array
+from sparseprop._checks import check_result_size, check_weight_values, is_bfloat16, output_array
 
 cnp.import_array()
 
@@ -82,6 +88,7 @@ cdef extern from "sparseprop/linear.h" nogil:
         int64_t bwd_chunk
 
     sp_linear_kernels sp_linear_select(int isa, int is_f64)
+    sp_linear_kernels sp_linear_select_bf16(int isa, int use_bf16x)
     int64_t sp_linear_fwd_scratch(int64_t chunk, int64_t M, int64_t rows, int64_t nblk)
     int64_t sp_linear_bwd_scratch(int64_t chunk, int64_t N)
     int SP_LINEAR_PAD
@@ -92,6 +99,7 @@ cdef extern from "sparseprop/linear.h" nogil:
 # Kernels chosen once, at import, for the ISA in sparseprop._config.
 cdef sp_linear_kernels _KERNELS_F32 = sp_linear_select(_config.ISA, 0)
 cdef sp_linear_kernels _KERNELS_F64 = sp_linear_select(_config.ISA, 1)
+cdef sp_linear_kernels _KERNELS_BF16 = sp_linear_select_bf16(_config.ISA, _config.BF16_EXT)
 
 # Below this many multiply-adds a call runs on one thread: waking a team
 # costs more than it saves.
@@ -100,7 +108,9 @@ cdef int64_t _SERIAL_WORK = 1 << 16
 # Below this many values a gather/scatter of the weights runs on one thread.
 cdef int64_t _SERIAL_VALUES = 1 << 13
 
-cdef inline sp_linear_kernels _kernels(dtype):
+cdef inline sp_linear_kernels _kernels(dtype, act_dtype):
+    if is_bfloat16(act_dtype):
+        return _KERNELS_BF16
     return _KERNELS_F64 if dtype == np.float64 else _KERNELS_F32
 
 
@@ -186,7 +196,9 @@ def linear_forward(X, W, bias=None, *, n_threads=None, out=None):
     Parameters
     ----------
     X : ndarray, shape (..., in_features)
-        Input, same dtype as ``W``; any strides (read-only is fine).
+        Input, same dtype as ``W``, or ``ml_dtypes.bfloat16`` with a float32
+        ``W`` (bfloat16 kernels: float32 sums, Y rounded to bfloat16); any
+        strides (read-only is fine).
     W : CSRMatrix or CSCMatrix, shape (out_features, in_features)
         Sparse weight.
     bias : ndarray, shape (out_features,), optional
@@ -203,31 +215,33 @@ def linear_forward(X, W, bias=None, *, n_threads=None, out=None):
     Returns
     -------
     Y : ndarray, shape (..., out_features)
-        ``out``, or a new C-contiguous array of W's dtype.
+        ``out``, or a new C-contiguous array of X's dtype (W's, or bfloat16).
     """
     check_weight_values(W, ("out", out))  # values changed in place, or aliased by out?
     _check_weight(W)
     dtype = W.dtype
     cdef int64_t N = W.shape[0], M = W.shape[1]
-    Xa = as_float_array(X, "X", dtype)
+    Xa = as_float_array(X, "X", dtype, allow_bf16=True)
+    act = Xa.dtype  # the activations' dtype: W's, or bfloat16
     if Xa.ndim < 1 or Xa.shape[-1] != M:
         raise ValueError(
             f"X has shape {Xa.shape}; W (shape {W.shape}) expects (..., {M}) "
             f"(last axis = in_features)"
         )
     lead = Xa.shape[:-1]
-    check_result_size(lead + (N,), dtype.itemsize, f"X has shape {Xa.shape}")
+    check_result_size(lead + (N,), act.itemsize, f"X has shape {Xa.shape}")
     b = check_bias(bias, N, dtype)
-    Y_out = output_array(out, lead + (N,), dtype, "out", (("X", Xa), ("bias", b)))
+    Y_out = output_array(out, lead + (N,), act, "out", (("X", Xa), ("bias", b)))
     X2 = _rows2d(Xa, "X")
     cdef int64_t B = X2.shape[0]
     Y = Y_out.reshape(B, N)  # a view: Y_out is C-contiguous
     if B == 0 or N == 0:
         return Y_out
 
-    cdef sp_linear_kernels K = _kernels(dtype)
+    cdef sp_linear_kernels K = _kernels(dtype, act)
     cdef int64_t chunk = K.fwd_chunk
-    cdef int itemsize = dtype.itemsize
+    cdef int itemsize = dtype.itemsize  # weights, bias, scratch
+    cdef int act_size = act.itemsize    # X and Y
     cdef int64_t nnz = W.nnz
     cdef int64_t nblk = forward_blocks(M, N, nnz, chunk, itemsize)
     ptr, indices, perm, blk_cols = forward_plan(W, nblk)
@@ -279,7 +293,7 @@ def linear_forward(X, W, bias=None, *, n_threads=None, out=None):
         if tasks == 1:
             if g_perm != NULL:
                 _gather_part(is_f64, g_src, g_perm, g_dst, nnz, 0, 1)
-            _forward_range(fn, chunk, itemsize, Xp, Yp, B, 0, 0, n_chunks, 0, sp, &base)
+            _forward_range(fn, chunk, act_size, Xp, Yp, B, 0, 0, n_chunks, 0, sp, &base)
         else:
             # one region: every thread gathers a piece of the values, waits
             # for the others, then computes its share
@@ -295,7 +309,7 @@ def linear_forward(X, W, bias=None, *, n_threads=None, out=None):
                         _gather_part(is_f64, g_src, g_perm, g_dst, nnz, 0, 1)
                     sp_linear_barrier()
                 for t in prange(tasks, schedule="static", chunksize=1):
-                    _forward_range(fn, chunk, itemsize, Xp, Yp, B, bcv[t], biv[t],
+                    _forward_range(fn, chunk, act_size, Xp, Yp, B, bcv[t], biv[t],
                                    bcv[t + 1], biv[t + 1], sp + tid * per_task, &base)
     _config.note_team_size(team[0])
     return Y_out
@@ -392,10 +406,11 @@ def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None, out_dx=No
     Parameters
     ----------
     X : ndarray, shape (..., in_features)
-        The forward input.
+        The forward input: W's dtype, or ``ml_dtypes.bfloat16`` with a
+        float32 ``W``.
     W : CSRMatrix or CSCMatrix, shape (out_features, in_features)
     dY : ndarray, shape (..., out_features)
-        Gradient of the loss with respect to the forward output.
+        Gradient of the loss with respect to the forward output, of X's dtype.
     need_input_grad : bool, default True
         If False, dX is not computed (and its time is saved).
     n_threads : int, optional
@@ -406,8 +421,10 @@ def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None, out_dx=No
 
     Returns
     -------
-    dX : ndarray of X's shape (``out_dx`` if given), or None
+    dX : ndarray of X's shape and dtype (``out_dx`` if given), or None
+        bfloat16 for bfloat16 X, rounded to nearest even from float32 sums.
     dW : ndarray, shape (nnz,)
+        Of W's dtype (float32 for bfloat16 X: accumulated in float32).
         Gradient at the stored values, aligned with ``W.data`` (whatever W's
         format), so ``W.data -= lr * dW`` is an SGD step.
     """
@@ -415,8 +432,11 @@ def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None, out_dx=No
     _check_weight(W)
     dtype = W.dtype
     cdef int64_t N = W.shape[0], M = W.shape[1]
-    Xa = as_float_array(X, "X", dtype)
-    dYa = as_float_array(dY, "dY", dtype)
+    Xa = as_float_array(X, "X", dtype, allow_bf16=True)
+    dYa = as_float_array(dY, "dY", dtype, allow_bf16=True)
+    act = Xa.dtype
+    if dYa.dtype != act:
+        raise TypeError(f"dY has dtype {dYa.dtype} but X has dtype {act}; they must match")
     if Xa.ndim < 1 or Xa.shape[-1] != M:
         raise ValueError(
             f"X has shape {Xa.shape}; W (shape {W.shape}) expects (..., {M}) "
@@ -430,7 +450,7 @@ def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None, out_dx=No
     need_dx = bool(need_input_grad)
     if out_dx is not None and not need_dx:
         raise ValueError("out_dx was given but need_input_grad is False (no dX is computed)")
-    dX_out = (output_array(out_dx, Xa.shape, dtype, "out_dx", (("X", Xa), ("dY", dYa)))
+    dX_out = (output_array(out_dx, Xa.shape, act, "out_dx", (("X", Xa), ("dY", dYa)))
               if need_dx else None)
     X2 = _rows2d(Xa, "X")
     dY2 = _rows2d(dYa, "dY")
@@ -443,8 +463,9 @@ def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None, out_dx=No
     dW = np.empty(nnz, dtype=dtype)
     colptr, rowidx, slot = backward_plan(W, SP_LINEAR_PAD)
     cdef int64_t nnz_pad = rowidx.shape[0]
-    cdef int itemsize = dtype.itemsize
-    cdef sp_linear_kernels K = _kernels(dtype)
+    cdef int itemsize = dtype.itemsize  # weights, dW, scratch
+    cdef int act_size = act.itemsize    # X, dY and dX
+    cdef sp_linear_kernels K = _kernels(dtype, act)
     cdef int64_t chunk = K.bwd_chunk
     cdef int64_t n_chunks = (B + chunk - 1) // chunk
     cdef int T = _threads_for(n_threads, B * (nnz + M))
@@ -490,7 +511,7 @@ def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None, out_dx=No
             _values_in(is_f64, data_p, slot_p, vals_p, nnz_pad, nnz, 0, 1)
             _values_in(is_f64, data_p, slot_p, vals_p, -1, nnz, 0, 1)
             memset(pp, 0, nnz_pad * itemsize)
-            _backward_range(fn, chunk, itemsize, Xp, dYp, dXp, B, 0, 0, n_chunks, 0,
+            _backward_range(fn, chunk, act_size, Xp, dYp, dXp, B, 0, 0, n_chunks, 0,
                             pp, sp, &base)
             _dW_out(is_f64, pp, partial_bytes // itemsize, 1, slot_p, dW_p, nnz, 0, 1)
         else:
@@ -512,7 +533,7 @@ def linear_backward(X, W, dY, need_input_grad=True, *, n_threads=None, out_dx=No
                 memset(pp + tid * partial_bytes, 0, nnz_pad * itemsize)
                 sp_linear_barrier()
                 for t in prange(tasks, schedule="static", chunksize=1):
-                    _backward_range(fn, chunk, itemsize, Xp, dYp, dXp, B, bcv[t], bmv[t],
+                    _backward_range(fn, chunk, act_size, Xp, dYp, dXp, B, bcv[t], bmv[t],
                                     bcv[t + 1], bmv[t + 1], pp + tid * partial_bytes,
                                     sp + tid * per_task, &base)
                 sp_linear_barrier()

@@ -8,6 +8,7 @@
 
 #define SP_FAMILY_IMPL "sparseprop/common_impl.h"
 #define SP_FAMILY_AVX512 SP_AVX512_YZ
+#define SP_FAMILY_BF16 1 /* the helpers of the bfloat16 regions (linear.h) */
 #include "sparseprop/instantiate.h"
 
 #endif /* SPARSEPROP_COMMON_H */

@@ -331,6 +331,7 @@ SP_ALWAYS_INLINE void SP_FN(sp_vmstore)(SP_T* p, SP_FN(sp_vmask_t) mask, SP_V v)
 #undef SP_VMSTORE_
 
 /* ---- out-of-register transpose (the scalar paths') ------------------------ */
+#if !SP_CUR_BF16 /* the bfloat16 regions convert as they transpose (linear_impl.h) */
 
 /* dst[c*ldd + r] = src[r*lds + c] for r < rows, c < cols.  Strides are in
  * elements and may be anything (the row stride of a NumPy view, say); 8x8
@@ -349,3 +350,68 @@ static void SP_FN(sp_transpose)(const SP_T* SP_RESTRICT src, int64_t lds,
         }
     }
 }
+#endif
+
+/* ---- bfloat16 activations: widen on load, round on store ------------------
+ * SP_VLOADIO / SP_VSTOREIO of a bfloat16 region (simd_begin.h).  Widening is
+ * a 16-bit shift into the top of each float32 lane.  Narrowing rounds to
+ * nearest, ties to even, and turns a NaN into a quiet NaN (never into an
+ * infinity), bit for bit what sp_bf16_round does - except in the AVX512_BF16
+ * region, whose vcvtneps2bf16 also flushes subnormal inputs and results to
+ * zero (values below 1.2e-38, far under the precision bfloat16 carries). */
+#if SP_CUR_BF16 && SP_VBITS == 256
+SP_ALWAYS_INLINE __m256 SP_FN(sp_vload_bf16)(const uint16_t* p)
+{
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+SP_ALWAYS_INLINE void SP_FN(sp_vstore_bf16)(uint16_t* p, __m256 v)
+{
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff)));
+    const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+    const __m256i q = _mm256_or_si256(u, _mm256_set1_epi32(0x00400000));
+    r = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(r), _mm256_castsi256_ps(q), nan));
+    r = _mm256_srli_epi32(r, 16);
+    /* 8 x u32 < 2^16 -> 8 x u16: packus works per 128-bit lane, then gather
+     * the two lanes' low halves */
+    const __m256i pk = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+    _mm_storeu_si128((__m128i*)p, _mm256_castsi256_si128(pk));
+}
+#elif SP_CUR_BF16 && SP_VBITS == 512
+SP_ALWAYS_INLINE __m512 SP_FN(sp_vload_bf16)(const uint16_t* p)
+{
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+SP_ALWAYS_INLINE void SP_FN(sp_vstore_bf16)(uint16_t* p, __m512 v)
+{
+#if SP_CUR_BF16X
+    _mm256_storeu_si256((__m256i*)p, (__m256i)_mm512_cvtneps_pbh(v));
+#else
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x00400000)));
+    _mm256_storeu_si256((__m256i*)p, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+#endif
+}
+#elif SP_CUR_BF16 && SP_VBITS == 128 /* NEON */
+SP_ALWAYS_INLINE float32x4_t SP_FN(sp_vload_bf16)(const uint16_t* p)
+{
+    return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16));
+}
+SP_ALWAYS_INLINE void SP_FN(sp_vstore_bf16)(uint16_t* p, float32x4_t v)
+{
+    const uint32x4_t u = vreinterpretq_u32_f32(v);
+    const uint32x4_t odd = vandq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(1));
+    const uint32x4_t r = vaddq_u32(u, vaddq_u32(odd, vdupq_n_u32(0x7fff)));
+    const uint32x4_t num = vceqq_f32(v, v); /* all ones where v is not NaN */
+    const uint32x4_t q = vorrq_u32(u, vdupq_n_u32(0x00400000));
+    vst1_u16(p, vshrn_n_u32(vbslq_u32(num, r, q), 16));
+}
+#elif SP_CUR_BF16 && SP_VBITS != 0
+#error "no bfloat16 loads and stores for this region"
+#endif

@@ -15,6 +15,9 @@
 #define SPARSEPROP_DISPATCH_H
 
 #include "sparseprop/config.h"
+#if SP_X86
+#include <cpuid.h>
+#endif
 
 /* Macros, not an enum: the kernel headers test them in #if. */
 #define SP_ISA_SCALAR 0 /* plain C, any CPU */
@@ -65,6 +68,24 @@ SP_INLINE int sp_cpu_best_isa(void)
     return 1; /* AdvSIMD is mandatory in AArch64 */
 #endif
     return 0;
+}
+
+/* Whether this CPU has the AVX512_BF16 extension (CPUID leaf 7, subleaf 1,
+ * EAX bit 5) on top of the AVX-512 level, and this build has the region that
+ * uses it.  Not a level of the ladder: only the bfloat16 kernels look at it,
+ * and on plain AVX-512 they widen by shifts instead (linear.h). */
+SP_INLINE int sp_cpu_has_avx512bf16(void)
+{
+#if SP_X86 && SP_X86_BF16X
+    unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (sp_cpu_best_isa() < 2 || __get_cpuid_max(0, NULL) < 7)
+        return 0;
+    __cpuid_count(7, 1, eax, ebx, ecx, edx);
+    (void)ebx, (void)ecx, (void)edx;
+    return (eax >> 5) & 1u;
+#else
+    return 0;
+#endif
 }
 
 /* Highest level compiled into this build. */

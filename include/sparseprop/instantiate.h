@@ -14,6 +14,10 @@
  *   SP_AVX512_Y  256-bit vectors with the AVX-512 target, suffix avx512y
  *                (the conv kernels: see conv.h)
  *   SP_AVX512_YZ both (the shared helpers of common.h)
+ * SP_FAMILY_BF16 1 (optional) also compiles the family's bfloat16 regions
+ * (float32 compute, bfloat16 activations; see simd_begin.h): scalar, and on
+ * x86-64 avx2, avx512 and - where the compiler knows the target - avx512bf16
+ * (512-bit vectors only); neon on AArch64.
  * No include guard: every family header includes this once. */
 #ifndef SP_FAMILY_IMPL
 #error "define SP_FAMILY_IMPL (the implementation header) before including instantiate.h"
@@ -90,5 +94,46 @@
 #include "sparseprop/simd_end.h"
 #endif
 
+#if defined(SP_FAMILY_BF16) && SP_FAMILY_BF16
+#define SP_CUR_ISA SP_ISA_SCALAR
+#define SP_CUR_F64 0
+#define SP_CUR_BF16 1
+#include "sparseprop/simd_begin.h"
+#include SP_FAMILY_IMPL
+#include "sparseprop/simd_end.h"
+#if SP_X86
+#define SP_CUR_ISA SP_ISA_AVX2
+#define SP_CUR_F64 0
+#define SP_CUR_BF16 1
+#include "sparseprop/simd_begin.h"
+#include SP_FAMILY_IMPL
+#include "sparseprop/simd_end.h"
+#define SP_CUR_ISA SP_ISA_AVX512
+#define SP_CUR_F64 0
+#define SP_CUR_BF16 1
+#include "sparseprop/simd_begin.h"
+#include SP_FAMILY_IMPL
+#include "sparseprop/simd_end.h"
+#if SP_X86_BF16X
+#define SP_CUR_ISA SP_ISA_AVX512
+#define SP_CUR_F64 0
+#define SP_CUR_BF16 1
+#define SP_CUR_BF16X 1
+#include "sparseprop/simd_begin.h"
+#include SP_FAMILY_IMPL
+#include "sparseprop/simd_end.h"
+#endif
+#endif /* SP_X86 */
+#if SP_ARM64
+#define SP_CUR_ISA SP_ISA_NEON
+#define SP_CUR_F64 0
+#define SP_CUR_BF16 1
+#include "sparseprop/simd_begin.h"
+#include SP_FAMILY_IMPL
+#include "sparseprop/simd_end.h"
+#endif
+#endif /* SP_FAMILY_BF16 */
+
 #undef SP_FAMILY_IMPL
 #undef SP_FAMILY_AVX512
+#undef SP_FAMILY_BF16

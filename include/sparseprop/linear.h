@@ -25,6 +25,14 @@
  *     prefetched.  dW partials of 8 nonzeros are reduced together.  Only dY^T
  *     (all N rows) stays resident; X^T and dX^T are transposed per block of
  *     columns.
+ * bfloat16: the same kernels with bfloat16 activations (X, Y, dY, dX as
+ * uint16_t bits) and float32 everything else (weights, bias, dW, the
+ * batch-last buffers, every sum): the transposes in and out widen and round
+ * (round to nearest even), so the kernels read and write half the bytes of
+ * the activations and compute exactly as the float32 kernels do.  The
+ * AVX512_BF16 extension is used for that rounding (vcvtneps2bf16), not for
+ * the products: vdpbf16ps multiplies bfloat16 pairs, and the weights stay
+ * float32.  sp_linear_select_bf16 picks the region.
  * The caller (sparseprop/_linear.pyx) owns threading: tasks own disjoint
  * (chunk, output row) or (chunk, input column) ranges and write dW into
  * per-task partial buffers summed afterwards - no atomics, no barriers
@@ -148,6 +156,7 @@ SP_INLINE void sp_linear_barrier(void)
 #endif
 
 #define SP_FAMILY_IMPL "sparseprop/linear_impl.h"
+#define SP_FAMILY_BF16 1
 #include "sparseprop/instantiate.h"
 
 #define SP_LINEAR_SET_(dt, isa)                                                    \
@@ -161,6 +170,34 @@ SP_INLINE void sp_linear_barrier(void)
 /* sp_linear_select(isa_level, is_f64): the kernels of an ISA level (already capped by
  * the caller) and dtype (0: float32). */
 SP_DEFINE_SELECT(sp_linear_kernels, sp_linear_select, SP_LINEAR_SET_, avx512)
+
+/* The bfloat16 kernels of an ISA level (already capped by the caller); on the
+ * AVX-512 level, those that use AVX512_BF16 when use_bf16x (the caller
+ * checks sp_cpu_has_avx512bf16).  AArch64: neon (widening by shifts). */
+SP_INLINE sp_linear_kernels sp_linear_select_bf16(int isa, int use_bf16x)
+{
+    sp_linear_kernels k;
+    const int id = sp_isa_id(isa);
+    (void)id, (void)use_bf16x;
+#if SP_X86
+#if SP_X86_BF16X
+    if (id == SP_ISA_AVX512 && use_bf16x)
+        SP_LINEAR_SET_(bf16, avx512bf16);
+    else
+#endif
+    if (id == SP_ISA_AVX512)
+        SP_LINEAR_SET_(bf16, avx512);
+    else if (id == SP_ISA_AVX2)
+        SP_LINEAR_SET_(bf16, avx2);
+    else
+#elif SP_ARM64
+    if (id == SP_ISA_NEON)
+        SP_LINEAR_SET_(bf16, neon);
+    else
+#endif
+        SP_LINEAR_SET_(bf16, scalar);
+    return k;
+}
 #undef SP_LINEAR_SET_
 
 #endif /* SPARSEPROP_LINEAR_H */

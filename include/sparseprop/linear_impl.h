@@ -1,6 +1,12 @@
 /* linear_impl.h - one instantiation of the sparse linear kernels; compiled by
  * linear.h once per (ISA, dtype) through instantiate.h.
- * See linear.h for the algorithm and the argument structs. */
+ * See linear.h for the algorithm and the argument structs.
+ *
+ * Activations (X, Y, dY, dX) are SP_IOT: SP_T, or bfloat16 bits in a
+ * bfloat16 region.  They are touched only by the transposes into and out of
+ * the batch-last buffers, which widen (SP_VLOADIO) and round (SP_VSTOREIO);
+ * everything between - the buffers, weights, bias, dW, every accumulation -
+ * is SP_T (float32 in a bfloat16 region). */
 
 /* SP_CV / SP_CVB: vectors of batch lanes per forward / backward chunk (the
  * float32 SIMD choices are measured, see linear.h). */
@@ -39,19 +45,19 @@ SP_INLINE int64_t SP_FN(sp_linear_bwd_chunk)(void) { return SP_BCB; }
 
 /* Elements before the first vector-aligned address at or after p, in
  * [0, SP_VL) (0 when p is not even element aligned). */
-SP_ALWAYS_INLINE int64_t SP_FN(sp_lin_head)(const SP_T* p)
+SP_ALWAYS_INLINE int64_t SP_FN(sp_lin_head)(const SP_IOT* p)
 {
-    const uintptr_t a = (uintptr_t)p, vb = SP_VL * sizeof(SP_T);
-    if (a % sizeof(SP_T))
+    const uintptr_t a = (uintptr_t)p, vb = SP_VL * sizeof(SP_IOT);
+    if (a % sizeof(SP_IOT))
         return 0;
-    return (int64_t)(((vb - a % vb) % vb) / sizeof(SP_T));
+    return (int64_t)(((vb - a % vb) % vb) / sizeof(SP_IOT));
 }
 
 /* dst[c * bc + r] = src[r * lds + c] for c < cols and r < bc = cv * SP_VL,
  * reading only rows r < rows and writing zeros to the lanes r >= rows (so
  * padding lanes stay finite).  Each SP_VL x SP_VL block is transposed in
  * registers and every destination row segment is written whole. */
-SP_ALWAYS_INLINE void SP_FN(sp_lin_to_lanes)(const SP_T* SP_RESTRICT src, int64_t lds,
+SP_ALWAYS_INLINE void SP_FN(sp_lin_to_lanes)(const SP_IOT* SP_RESTRICT src, int64_t lds,
                                              int64_t rows, int64_t cols,
                                              SP_T* SP_RESTRICT dst, const int cv)
 {
@@ -62,19 +68,19 @@ SP_ALWAYS_INLINE void SP_FN(sp_lin_to_lanes)(const SP_T* SP_RESTRICT src, int64_
         const int64_t b0 = (int64_t)v * SP_VL;
         const int64_t nr = SP_MIN((int64_t)SP_VL, rows - b0);
         SP_T* d = dst + b0;
-        const SP_T* s = src + b0 * lds;
+        const SP_IOT* s = src + b0 * lds;
         if (nr <= 0) {
             for (int64_t c = 0; c < cols; c++)
                 SP_VSTORE(d + c * bc, SP_VZERO());
         } else if (cols < SP_VL) {
             for (int64_t c = 0; c < cols; c++)
                 for (int64_t i = 0; i < SP_VL; i++)
-                    d[c * bc + i] = i < nr ? s[i * lds + c] : (SP_T)0;
+                    d[c * bc + i] = i < nr ? SP_FROMIO(s[i * lds + c]) : (SP_T)0;
         } else if (nr == SP_VL) {
             for (int64_t c0 = 0;;) {
                 SP_V r[SP_VL];
                 for (int i = 0; i < SP_VL; i++)
-                    r[i] = SP_VLOAD(s + i * lds + c0);
+                    r[i] = SP_VLOADIO(s + i * lds + c0);
                 SP_FN(sp_vtr)(r);
                 for (int i = 0; i < SP_VL; i++)
                     SP_VSTORE(d + (c0 + i) * bc, r[i]);
@@ -86,7 +92,7 @@ SP_ALWAYS_INLINE void SP_FN(sp_lin_to_lanes)(const SP_T* SP_RESTRICT src, int64_
             for (int64_t c0 = 0;;) {
                 SP_V r[SP_VL];
                 for (int i = 0; i < SP_VL; i++)
-                    r[i] = i < nr ? SP_VLOAD(s + i * lds + c0) : SP_VZERO();
+                    r[i] = i < nr ? SP_VLOADIO(s + i * lds + c0) : SP_VZERO();
                 SP_FN(sp_vtr)(r);
                 for (int i = 0; i < SP_VL; i++)
                     SP_VSTORE(d + (c0 + i) * bc, r[i]);
@@ -96,6 +102,15 @@ SP_ALWAYS_INLINE void SP_FN(sp_lin_to_lanes)(const SP_T* SP_RESTRICT src, int64_
             }
         }
     }
+#elif SP_CUR_BF16
+    (void)cv;
+    for (int64_t r = 0; r < SP_MIN(rows, bc); r++)
+        for (int64_t c = 0; c < cols; c++)
+            dst[c * bc + r] = SP_FROMIO(src[r * lds + c]);
+    if (rows < bc)
+        for (int64_t c = 0; c < cols; c++)
+            for (int64_t r = rows; r < bc; r++)
+                dst[c * bc + r] = (SP_T)0;
 #else
     (void)cv;
     SP_FN(sp_transpose)(src, lds, dst, bc, SP_MIN(rows, bc), cols);
@@ -111,7 +126,7 @@ SP_ALWAYS_INLINE void SP_FN(sp_lin_to_lanes)(const SP_T* SP_RESTRICT src, int64_
  * for the first and last of a row), so each cache line of dst is completed
  * by consecutive stores: no partial lines left to be evicted and re-read. */
 SP_ALWAYS_INLINE void SP_FN(sp_lin_from_lanes)(const SP_T* SP_RESTRICT src, int64_t rows,
-                                               int64_t cols, SP_T* SP_RESTRICT dst,
+                                               int64_t cols, SP_IOT* SP_RESTRICT dst,
                                                int64_t ldd, const int cv)
 {
     const int64_t bc = (int64_t)cv * SP_VL;
@@ -123,11 +138,11 @@ SP_ALWAYS_INLINE void SP_FN(sp_lin_from_lanes)(const SP_T* SP_RESTRICT src, int6
         if (nr <= 0)
             break;
         const SP_T* s = src + b0;
-        SP_T* d = dst + b0 * ldd;
+        SP_IOT* d = dst + b0 * ldd;
         if (cols < SP_VL) {
             for (int64_t i = 0; i < nr; i++)
                 for (int64_t c = 0; c < cols; c++)
-                    d[i * ldd + c] = s[c * bc + i];
+                    d[i * ldd + c] = SP_TOIO(s[c * bc + i]);
             continue;
         }
         for (int64_t c0 = 0;;) {
@@ -136,12 +151,17 @@ SP_ALWAYS_INLINE void SP_FN(sp_lin_from_lanes)(const SP_T* SP_RESTRICT src, int6
                 r[i] = SP_VLOAD(s + (c0 + i) * bc);
             SP_FN(sp_vtr)(r);
             for (int64_t i = 0; i < nr; i++)
-                SP_VSTORE(d + i * ldd + c0, r[i]);
+                SP_VSTOREIO(d + i * ldd + c0, r[i]);
             if (c0 >= cols - SP_VL)
                 break;
             c0 = SP_MIN(cols - SP_VL, c0 < ch ? ch : c0 + SP_VL);
         }
     }
+#elif SP_CUR_BF16
+    (void)cv;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++)
+            dst[r * ldd + c] = SP_TOIO(src[c * bc + r]);
 #else
     (void)cv;
     SP_FN(sp_transpose)(src, bc, dst, ldd, cols, rows);
@@ -189,8 +209,8 @@ SP_ALWAYS_INLINE void SP_FN(sp_lin_fwd_seg)(SP_V* SP_RESTRICT acc, const SP_T* S
 
 static void SP_FN(sp_linear_fwd)(const sp_linear_fwd_args* a)
 {
-    const SP_T* SP_RESTRICT X = (const SP_T*)a->X;
-    SP_T* SP_RESTRICT Y = (SP_T*)a->Y;
+    const SP_IOT* SP_RESTRICT X = (const SP_IOT*)a->X;
+    SP_IOT* SP_RESTRICT Y = (SP_IOT*)a->Y;
     const SP_T* SP_RESTRICT vals = (const SP_T*)a->vals;
     const SP_T* SP_RESTRICT bias = (const SP_T*)a->bias;
     const int32_t* SP_RESTRICT indices = a->indices;
@@ -336,10 +356,10 @@ static void SP_FN(sp_linear_bwd)(const sp_linear_bwd_args* a)
     SP_T* SP_RESTRICT dYT = (SP_T*)a->scratch;            /* (N + 1) x SP_BCB */
     SP_T* SP_RESTRICT XT = dYT + (N + 1) * SP_BCB;        /* CB x SP_BCB      */
     SP_T* SP_RESTRICT dXT = XT + SP_LIN_BWD_CB * SP_BCB;  /* CB x SP_BCB      */
-    const SP_T* X = (const SP_T*)a->X;
-    SP_T* dX = (SP_T*)a->dX;
+    const SP_IOT* X = (const SP_IOT*)a->X;
+    SP_IOT* dX = (SP_IOT*)a->dX;
 
-    SP_FN(sp_lin_to_lanes)((const SP_T*)a->dY, a->lddy, rows, N, dYT, SP_CVB);
+    SP_FN(sp_lin_to_lanes)((const SP_IOT*)a->dY, a->lddy, rows, N, dYT, SP_CVB);
     for (int64_t r = 0; r < SP_BCB; r++) /* row N: target of the padding dummies */
         dYT[N * SP_BCB + r] = (SP_T)0;
 

@@ -29,6 +29,18 @@
  *   SP_VPIN(v)         keep v in a register: an empty asm that "changes" it,
  *                      so the compiler neither reloads nor spills it
  *   SP_FN(name)        -> name_f32_avx2 etc.
+ *
+ * bfloat16 regions (SP_CUR_BF16 1, with SP_CUR_F64 0; only the families that
+ * ask for them, see instantiate.h) compute in float32 - SP_T is float and
+ * every vector macro above is the float32 one - but the activations they
+ * read and write are bfloat16, kept as uint16_t bits.  Their suffix is bf16,
+ * and SP_CUR_BF16X 1 (AVX-512 only) adds the AVX512_BF16 instructions to the
+ * target, suffix avx512bf16.  Every region defines the I/O vocabulary:
+ *   SP_IOT              element type of activations (SP_T, or uint16_t)
+ *   SP_FROMIO(x) SP_TOIO(x)       one element to / from SP_T
+ *   SP_VLOADIO(p)       SP_VL activations widened to an SP_V
+ *   SP_VSTOREIO(p, v)   an SP_V narrowed (round to nearest even) and stored
+ * (plain loads and stores outside bfloat16 regions).
  * Helpers built on these (transpose, reductions, masked tails) are in
  * common_impl.h.
  */
@@ -39,6 +51,18 @@
 #ifndef SP_CUR_V256
 #define SP_CUR_V256 0
 #endif
+#ifndef SP_CUR_BF16
+#define SP_CUR_BF16 0
+#endif
+#ifndef SP_CUR_BF16X
+#define SP_CUR_BF16X 0
+#endif
+#if SP_CUR_BF16 && (SP_CUR_F64 || SP_CUR_V256)
+#error "a bfloat16 region computes in float32 with 512-bit AVX-512 vectors"
+#endif
+#if SP_CUR_BF16X && (!SP_CUR_BF16 || SP_CUR_ISA != SP_ISA_AVX512 || !SP_X86_BF16X)
+#error "SP_CUR_BF16X: only in a bfloat16 AVX-512 region, with a compiler that knows the target"
+#endif
 
 #define SP_CAT3_(a, b, c) a##_##b##_##c
 #define SP_CAT3(a, b, c) SP_CAT3_(a, b, c)
@@ -46,6 +70,9 @@
 #if SP_CUR_F64
 #define SP_T double
 #define SP_DT f64
+#elif SP_CUR_BF16
+#define SP_T float
+#define SP_DT bf16
 #else
 #define SP_T float
 #define SP_DT f32
@@ -82,6 +109,10 @@
 #define SP_X86_TARGET "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma"
 #define SP_ISA_NAME avx512y
 #define SP_VBITS 256
+#elif SP_CUR_BF16X
+#define SP_X86_TARGET "avx512f,avx512vl,avx512dq,avx512bw,avx512bf16,avx2,fma"
+#define SP_ISA_NAME avx512bf16
+#define SP_VBITS 512
 #else
 #define SP_X86_TARGET "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma"
 #define SP_ISA_NAME avx512
@@ -187,3 +218,23 @@ SP_PRAGMA(GCC target(SP_X86_TARGET))
 #endif
 
 #define SP_FN(name) SP_CAT3(name, SP_DT, SP_ISA_NAME)
+
+/* ------------------------------------------------ activations' I/O type */
+#if SP_CUR_BF16
+#define SP_IOT uint16_t
+#define SP_FROMIO(x) sp_bf16_widen(x)
+#define SP_TOIO(x) sp_bf16_round(x)
+#if SP_VBITS == 0
+#define SP_VLOADIO(p) sp_bf16_widen(*(p))
+#define SP_VSTOREIO(p, v) (*(p) = sp_bf16_round(v))
+#else /* common_impl.h */
+#define SP_VLOADIO(p) SP_FN(sp_vload_bf16)(p)
+#define SP_VSTOREIO(p, v) SP_FN(sp_vstore_bf16)((p), (v))
+#endif
+#else
+#define SP_IOT SP_T
+#define SP_FROMIO(x) (x)
+#define SP_TOIO(x) (x)
+#define SP_VLOADIO(p) SP_VLOAD(p)
+#define SP_VSTOREIO(p, v) SP_VSTORE((p), (v))
+#endif

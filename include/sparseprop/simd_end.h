@@ -29,3 +29,10 @@
 #undef SP_CUR_ISA
 #undef SP_CUR_F64
 #undef SP_CUR_V256
+#undef SP_CUR_BF16
+#undef SP_CUR_BF16X
+#undef SP_IOT
+#undef SP_FROMIO
+#undef SP_TOIO
+#undef SP_VLOADIO
+#undef SP_VSTOREIO

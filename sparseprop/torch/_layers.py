@@ -173,12 +173,40 @@ class _SparseLayer(nn.Module):
     def _threads(self):
         return _ops.check_n_threads(self.n_threads)
 
+    def _autocast_input(self, x):
+        """(x, dtype): the input as the kernels take it, and the dtype to cast the
+        output to (None: keep the kernels').
+
+        Under ``torch.autocast("cpu", dtype=...)`` a float32 layer does what its
+        dense twin does - the input is cast to the autocast dtype and so is the
+        output - while ``values`` and ``bias`` stay float32 (dense layers cast
+        them too: the sparse kernels keep float32 weights, which is at least as
+        accurate), and autograd casts the gradients back to each leaf's dtype.
+        bfloat16 runs the bfloat16 kernels (conv2d: widened, see
+        sparseprop.conv2d_forward).  float16 has no kernels: the float16 input
+        is widened to float32, the float32 kernels run, the output is rounded
+        to float16.  float64 layers and inputs are left alone, as autocast
+        leaves float64 ops alone.
+        """
+        if (isinstance(x, torch.Tensor) and self.values.dtype == torch.float32
+                and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+                and torch.is_autocast_enabled("cpu")):
+            dt = torch.get_autocast_dtype("cpu")
+            if dt == torch.bfloat16:
+                return x.to(dt), None
+            if dt == torch.float16:
+                return x.to(dt).float(), dt
+        return x, None
+
     def _check_input(self, x):
-        _ops.check_tensor(x, "input")
+        # a bfloat16 input to a float32 layer runs the bfloat16 kernels
+        low = (isinstance(x, torch.Tensor) and x.dtype == torch.bfloat16
+               and self.values.dtype == torch.float32)
+        _ops.check_tensor(x, "input", torch.bfloat16 if low else None)
         if self.values.device.type != "cpu":
             raise ValueError(f"{type(self).__name__} weights are on {self.values.device}; "
                              "sparseprop runs on the CPU only")
-        if x.dtype != self.values.dtype:
+        if not low and x.dtype != self.values.dtype:
             raise TypeError(
                 f"input has dtype {x.dtype} but {type(self).__name__} has dtype "
                 f"{self.values.dtype}; convert the input (x.to({self.values.dtype})) or "
@@ -387,6 +415,13 @@ class SparseLinear(_SparseLayer):
     backward run the SparseProp kernels, whose cost grows with the number of
     nonzeros.  Build one from a (pruned) ``nn.Linear`` with :meth:`from_dense`.
 
+    Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` a float32 layer
+    returns bfloat16, like ``nn.Linear``, from bfloat16 kernels (bfloat16
+    activations, float32 weights and sums); a bfloat16 input outside autocast
+    runs them too.  Under float16 autocast the input is rounded to float16,
+    widened, run through the float32 kernels and the output rounded to
+    float16 (no float16 kernels).  ``values`` and ``bias`` stay float32.
+
     Parameters
     ----------
     in_features, out_features : int
@@ -480,6 +515,7 @@ class SparseLinear(_SparseLayer):
 
     def forward(self, x):
         self._check_attributes()
+        x, cast_back = self._autocast_input(x)
         self._check_input(x)
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"input has shape {tuple(x.shape)}; SparseLinear expects "
@@ -487,8 +523,10 @@ class SparseLinear(_SparseLayer):
         args = (x, self.values, self.indptr, self.indices, self.in_features, self.bias,
                 self._threads)
         if _ops.eager_path_ok(x, self.values, self.indptr, self.indices, self.bias):
-            return _ops.EagerLinear.apply(*args)
-        return torch.ops.sparseprop.linear(*args)
+            y = _ops.EagerLinear.apply(*args)
+        else:
+            y = torch.ops.sparseprop.linear(*args)
+        return y if cast_back is None else y.to(cast_back)
 
     def _shape_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -508,6 +546,13 @@ class SparseConv2d(_SparseLayer):
     odd halves of ``"same"`` are applied with ``F.pad`` first, as ``nn.Conv2d``
     does), dilation, groups and rectangular kernels.  Inputs may be
     non-contiguous or channels_last; the output is contiguous NCHW.
+
+    Under ``torch.autocast("cpu", dtype=torch.bfloat16 or torch.float16)`` a
+    float32 layer returns the autocast dtype, like ``nn.Conv2d``, but the
+    computation is *widened*: there are no bfloat16 conv kernels yet, so the
+    input is rounded to the autocast dtype, widened to float32, run through
+    the float32 kernels, and the output rounded back.  ``values`` and
+    ``bias`` stay float32.
 
     Parameters
     ----------
@@ -648,6 +693,7 @@ class SparseConv2d(_SparseLayer):
 
     def forward(self, x):
         self._check_attributes()
+        x, cast_back = self._autocast_input(x)
         self._check_input(x)
         unbatched = x.dim() == 3
         if unbatched:
@@ -663,6 +709,8 @@ class SparseConv2d(_SparseLayer):
             y = _ops.EagerConv2d.apply(*args)
         else:
             y = torch.ops.sparseprop.conv2d(*args)
+        if cast_back is not None:
+            y = y.to(cast_back)
         return y.squeeze(0) if unbatched else y
 
     def _shape_repr(self):

@@ -15,6 +15,14 @@ views and wrap the fresh NumPy results with ``torch.from_numpy``.
 
 ``n_threads`` is an int: 0 means ``torch.get_num_threads()`` read at run time.
 
+bfloat16.  The ops take a bfloat16 input (and grad_output) with float32
+``values``: they return a bfloat16 output and input gradient and a float32
+``grad_values``, as the NumPy API does.  The tensors cross to NumPy as
+zero-copy ``ml_dtypes.bfloat16`` views (``t.view(torch.int16).numpy()``
+reinterpreted; ml_dtypes is needed for bfloat16 only).  The linear op runs
+bfloat16 kernels; the conv2d op is widened to float32 inside the NumPy call.
+Autocast is the layers' business (``_layers.py``), not the ops'.
+
 Eager fast path.  Calling a custom op that has autograd attached goes through
 the dispatcher and torch's generated autograd wrapper twice per pass, which
 on a small layer costs many times the two NumPy calls (the figures are in
@@ -36,6 +44,8 @@ import sparseprop
 from sparseprop.torch import _structure
 
 _SUPPORTED = (torch.float32, torch.float64)
+#: dtypes an input may have beside the weight's: bfloat16 with float32 values
+_LOW = torch.bfloat16
 
 
 #: Largest row or column count of a weight (its index buffers are int32).
@@ -112,7 +122,8 @@ def check_tensor(t, name, dtype=None):
                         "(run the layer on each of its tensors: t.unbind())")
     if dtype is None:
         if t.dtype not in _SUPPORTED:
-            raise TypeError(f"{name} must be float32 or float64; got {t.dtype}")
+            raise TypeError(f"{name} must be float32 or float64 (bfloat16 with a float32 "
+                            f"layer; float16 under torch.autocast); got {t.dtype}")
     elif t.dtype != dtype:
         raise TypeError(
             f"{name} has dtype {t.dtype} but the sparse weight has dtype {dtype}; "
@@ -120,9 +131,39 @@ def check_tensor(t, name, dtype=None):
         )
 
 
+def check_activation(t, name, values_dtype):
+    """check_tensor for an input or grad_output: the weight's dtype, or bfloat16
+    with float32 values."""
+    if (isinstance(t, torch.Tensor) and t.dtype == _LOW and values_dtype == torch.float32):
+        check_tensor(t, name, _LOW)
+    else:
+        check_tensor(t, name, values_dtype)
+
+
+def _bfloat16_numpy_dtype():
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise ImportError("bfloat16 tensors need the ml_dtypes package (pip install ml_dtypes, "
+                          "or sparseprop[torch]): it gives NumPy the bfloat16 dtype the "
+                          "kernels are called with") from None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
 def _np(t):
-    """A zero-copy NumPy view of a CPU tensor (any strides, autograd stripped)."""
-    return t.detach().numpy()
+    """A zero-copy NumPy view of a CPU tensor (any strides, autograd stripped);
+    bfloat16 as an ml_dtypes.bfloat16 view of the same memory."""
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(_bfloat16_numpy_dtype())
+    return t.numpy()
+
+
+def _torch(a):
+    """torch.from_numpy, for ml_dtypes.bfloat16 arrays too (zero-copy)."""
+    if a.dtype.kind == "V" and a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
 
 
 def _csr(values, indptr, indices, shape, for_backward=False):
@@ -153,14 +194,14 @@ def _check_structure_args(values, indptr, indices):
 
 def _linear_impl(x, values, indptr, indices, in_features, bias, n_threads):
     _check_structure_args(values, indptr, indices)
-    check_tensor(x, "input", values.dtype)
+    check_activation(x, "input", values.dtype)
     W = _csr(values, indptr, indices, (indptr.shape[0] - 1, in_features))
     b = None
     if bias is not None:
         check_tensor(bias, "bias", values.dtype)
         b = _np(bias)
     Y = sparseprop.linear_forward(_np(x), W, b, n_threads=_resolve_threads(n_threads))
-    return torch.from_numpy(Y)
+    return _torch(Y)
 
 
 @torch.library.custom_op("sparseprop::linear", mutates_args=())
@@ -180,12 +221,12 @@ def _linear_fake(x, values, indptr, indices, in_features, bias, n_threads):
 def _linear_backward_impl(x, values, indptr, indices, in_features, grad_output,
                           need_input_grad, n_threads):
     _check_structure_args(values, indptr, indices)
-    check_tensor(x, "input", values.dtype)
-    check_tensor(grad_output, "grad_output", values.dtype)
+    check_activation(x, "input", values.dtype)
+    check_tensor(grad_output, "grad_output", x.dtype)
     W = _csr(values, indptr, indices, (indptr.shape[0] - 1, in_features), for_backward=True)
     dX, dW = sparseprop.linear_backward(_np(x), W, _np(grad_output), bool(need_input_grad),
                                         n_threads=_resolve_threads(n_threads))
-    gx = torch.from_numpy(dX) if dX is not None else x.new_empty((0,))
+    gx = _torch(dX) if dX is not None else x.new_empty((0,))
     return gx, torch.from_numpy(dW)
 
 
@@ -234,6 +275,7 @@ def _linear_setup(ctx, inputs, output):
     ctx.in_features = in_features
     ctx.n_threads = n_threads
     ctx.has_bias = bias is not None
+    ctx.bias_dtype = values.dtype  # a bfloat16 grad is summed in the bias's float32
 
 
 def _linear_grads(ctx, grad, backward):
@@ -249,7 +291,8 @@ def _linear_grads(ctx, grad, backward):
         gv = gv if need_v else None
     if ctx.has_bias and ctx.needs_input_grad[5]:
         # flatten, not reshape(-1, n): a layer with 0 out_features has n = 0
-        gb = grad.flatten(0, -2).sum(0) if grad.dim() > 1 else grad
+        gb = (grad.flatten(0, -2).sum(0, dtype=ctx.bias_dtype) if grad.dim() > 1
+              else grad.to(ctx.bias_dtype))
     return gx, gv, None, None, None, gb, None
 
 
@@ -292,7 +335,7 @@ def _conv_weight(values, indptr, indices, weight_shape, for_backward=False):
 def _conv2d_impl(x, values, indptr, indices, weight_shape, bias, stride, padding, dilation,
                  groups, algorithm, n_threads):
     _check_structure_args(values, indptr, indices)
-    check_tensor(x, "input", values.dtype)
+    check_activation(x, "input", values.dtype)
     check_conv_input(x)
     W = _conv_weight(values, indptr, indices, weight_shape)
     b = None
@@ -302,7 +345,7 @@ def _conv2d_impl(x, values, indptr, indices, weight_shape, bias, stride, padding
     Y = sparseprop.conv2d_forward(_np(x), W, b, stride=tuple(stride), padding=tuple(padding),
                                   dilation=tuple(dilation), groups=groups,
                                   algorithm=algorithm, n_threads=_resolve_threads(n_threads))
-    return torch.from_numpy(np.ascontiguousarray(Y))
+    return _torch(np.ascontiguousarray(Y))
 
 
 @torch.library.custom_op("sparseprop::conv2d", mutates_args=())
@@ -329,15 +372,15 @@ def _conv2d_fake(x, values, indptr, indices, weight_shape, bias, stride, padding
 def _conv2d_backward_impl(x, values, indptr, indices, weight_shape, grad_output, stride,
                           padding, dilation, groups, need_input_grad, algorithm, n_threads):
     _check_structure_args(values, indptr, indices)
-    check_tensor(x, "input", values.dtype)
-    check_tensor(grad_output, "grad_output", values.dtype)
+    check_activation(x, "input", values.dtype)
+    check_tensor(grad_output, "grad_output", x.dtype)
     check_conv_input(x)
     W = _conv_weight(values, indptr, indices, weight_shape, for_backward=True)
     dX, dW = sparseprop.conv2d_backward(
         _np(x), W, _np(grad_output), stride=tuple(stride), padding=tuple(padding),
         dilation=tuple(dilation), groups=groups, need_input_grad=bool(need_input_grad),
         algorithm=algorithm, n_threads=_resolve_threads(n_threads))
-    gx = torch.from_numpy(np.ascontiguousarray(dX)) if dX is not None else x.new_empty((0,))
+    gx = _torch(np.ascontiguousarray(dX)) if dX is not None else x.new_empty((0,))
     return gx, torch.from_numpy(np.ascontiguousarray(dW))
 
 
@@ -370,6 +413,7 @@ def _conv2d_setup(ctx, inputs, output):
     _save(ctx, x, values, indptr, indices)
     ctx.args = (weight_shape, stride, padding, dilation, groups, algorithm, n_threads)
     ctx.has_bias = bias is not None
+    ctx.bias_dtype = values.dtype
 
 
 def _conv2d_grads(ctx, grad, backward):
@@ -385,7 +429,7 @@ def _conv2d_grads(ctx, grad, backward):
         gx = gx if need_x else None
         gv = gv if need_v else None
     if ctx.has_bias and ctx.needs_input_grad[5]:
-        gb = grad.sum((0, 2, 3))
+        gb = grad.sum((0, 2, 3), dtype=ctx.bias_dtype)
     return gx, gv, None, None, None, gb, None, None, None, None, None, None
 
 
