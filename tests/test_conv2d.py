@@ -445,12 +445,16 @@ def test_large_layer_index_widths(rng):
 
 # ---------------------------------------------------------------- the weight
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_weight_round_trips(dtype, rng):
+def _weight_with_nan_and_empty_channel(dtype, rng):
     Wdense = random_sparse_dense(rng, (6, 4, 3, 2), 0.6, dtype)
     Wdense[0, 0, 0, 0] = np.nan
     Wdense[1] = 0
-    W = sp.SparseConvWeight.from_dense(Wdense)
+    return Wdense, sp.SparseConvWeight.from_dense(Wdense)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weight_round_trips(dtype, rng):
+    Wdense, W = _weight_with_nan_and_empty_channel(dtype, rng)
     assert W.shape == (6, 4, 3, 2) and W.dtype == dtype
     assert W.nnz == int((Wdense != 0).sum())
     np.testing.assert_array_equal(W.data, Wdense[Wdense != 0])   # the facade's contract
@@ -470,10 +474,7 @@ def test_weight_round_trips(dtype, rng):
 @needs_torch
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_weight_round_trips_through_torch(dtype, rng):
-    Wdense = random_sparse_dense(rng, (6, 4, 3, 2), 0.6, dtype)
-    Wdense[0, 0, 0, 0] = np.nan
-    Wdense[1] = 0
-    W = sp.SparseConvWeight.from_dense(Wdense)
+    Wdense, W = _weight_with_nan_and_empty_channel(dtype, rng)
     T = torch.from_numpy(Wdense).requires_grad_(True)
     W2 = sp.SparseConvWeight.from_torch(T)
     np.testing.assert_array_equal(W2.data, W.data)
