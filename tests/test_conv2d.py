@@ -1,4 +1,11 @@
-"""Sparse conv2d against torch.nn.functional.conv2d (float64 autograd reference)."""
+"""Sparse conv2d against a dense float64 reference.
+
+The reference is NumPy (helpers.conv2d_reference), so the NumPy-API tests run
+without torch too (the emulated aarch64 run of .ci/aarch64 has none); the
+reference itself is checked below against torch.nn.functional.conv2d and torch
+autograd where torch exists, and against a plain loop and the adjoint
+identities everywhere.  The tests of torch interop skip without torch.
+"""
 import os
 import pickle
 
@@ -8,10 +15,15 @@ import pytest
 import sparseprop as sp
 from sparseprop import _config, _conv2d
 
-from helpers import random_sparse_dense, tolerances
+from helpers import conv2d_paddings, conv2d_reference, random_sparse_dense, tolerances
 
-torch = pytest.importorskip("torch")
-F = torch.nn.functional
+try:
+    import torch
+    F = torch.nn.functional
+except ImportError:  # pragma: no cover - depends on the environment
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="needs torch")
 
 # torch's own note about its reference path for even kernels with "same"
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
@@ -20,27 +32,15 @@ DTYPES = [np.float32, np.float64]
 ALGOS = ["batch_last", "over_width"]
 
 
-def reference(X, Wd, dY, bias, stride, padding, dilation, groups):
-    """Y, dX and the dense dW from torch in float64."""
-    Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float64)).requires_grad_(True)
-    Wt = torch.from_numpy(Wd.astype(np.float64)).requires_grad_(True)
-    bt = None if bias is None else torch.from_numpy(bias.astype(np.float64))
-    Yt = F.conv2d(Xt, Wt, bt, stride, padding, dilation, groups)
-    if dY is None:
-        return Yt.detach().numpy(), None, None
-    Yt.backward(torch.from_numpy(np.asarray(dY, dtype=np.float64)))
-    return Yt.detach().numpy(), Xt.grad.numpy(), Wt.grad.numpy()
-
-
 def check_conv(X, Wd, *, bias=None, stride=1, padding=0, dilation=1, groups=1,
                algorithm="auto", n_threads=None, need_input_grad=True, W=None, rng=None,
                dY=None):
-    """Run forward and backward and compare with torch; return (Y, dX, dW)."""
+    """Run forward and backward and compare with the reference; return (Y, dX, dW)."""
     dtype = Wd.dtype
     W = sp.SparseConvWeight.from_dense(Wd) if W is None else W
     Y = sp.conv2d_forward(X, W, bias, stride, padding, dilation, groups, algorithm,
                           n_threads=n_threads)
-    Yr, _, _ = reference(X, Wd, None, bias, stride, padding, dilation, groups)
+    Yr, _, _ = conv2d_reference(X, Wd, None, bias, stride, padding, dilation, groups)
     assert Y.dtype == dtype and Y.shape == Yr.shape and Y.flags.c_contiguous
     OC, ICg, KH, KW = Wd.shape
     rtol, atol = tolerances(dtype, ICg * KH * KW)
@@ -50,7 +50,7 @@ def check_conv(X, Wd, *, bias=None, stride=1, padding=0, dilation=1, groups=1,
         dY = rng.standard_normal(Yr.shape).astype(dtype)
     dX, dW = sp.conv2d_backward(X, W, dY, stride, padding, dilation, groups, need_input_grad,
                                 algorithm, n_threads=n_threads)
-    _, dXr, dWr = reference(X, Wd, dY, bias, stride, padding, dilation, groups)
+    _, dXr, dWr = conv2d_reference(X, Wd, dY, bias, stride, padding, dilation, groups)
     if need_input_grad:
         assert dX.dtype == dtype and dX.shape == np.shape(X) and dX.flags.c_contiguous
         rtol, atol = tolerances(dtype, (OC // groups) * KH * KW)
@@ -70,6 +70,62 @@ def test_runs_under_requested_isa():
     want = os.environ.get("SPARSEPROP_ISA")
     if want:
         assert sp.config()["isa"] == want
+
+
+# ---------------------------------------------------------------- the reference
+# Every test below trusts helpers.conv2d_reference: check it first, against a
+# plain loop and the adjoint identities (no torch needed), and against torch.
+
+def _loop_conv2d(X, W, stride, pads, dilation, groups):
+    """Y[n, o, p, q] = sum over c, i, j of Xpad[n, c, p*sh + i*dh, q*sw + j*dw]
+    * W[o, c, i, j] (c in o's group), one output at a time."""
+    (sh, sw), (dh, dw), ((pt, pb), (pl, pr)) = stride, dilation, pads
+    Xp = np.pad(X, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    N, OC, (Cg, KH, KW) = X.shape[0], W.shape[0], W.shape[1:]
+    OH = (Xp.shape[2] - dh * (KH - 1) - 1) // sh + 1
+    OW = (Xp.shape[3] - dw * (KW - 1) - 1) // sw + 1
+    Y = np.zeros((N, OC, OH, OW))
+    for n, o, p, q in np.ndindex(Y.shape):
+        g = o // (OC // groups)
+        for c, i, j in np.ndindex(Cg, KH, KW):
+            Y[n, o, p, q] += Xp[n, g * Cg + c, p * sh + i * dh, q * sw + j * dw] * W[o, c, i, j]
+    return Y
+
+
+@pytest.mark.parametrize("kernel,stride,padding,pads,dilation,groups", [
+    ((3, 3), (1, 1), 1, ((1, 1), (1, 1)), (1, 1), 1),
+    ((2, 3), (2, 3), (1, 2), ((1, 1), (2, 2)), (1, 1), 1),
+    ((3, 2), (1, 2), "valid", ((0, 0), (0, 0)), (2, 1), 2),
+    ((3, 3), (1, 1), "same", ((2, 2), (1, 1)), (2, 1), 3),
+    ((4, 2), (1, 1), "same", ((1, 2), (0, 1)), (1, 1), 1),     # even: the extra one last
+    ((2, 4), (1, 1), "same", ((1, 1), (3, 3)), (2, 2), 6),     # even, dilated: symmetric
+    ((1, 1), (3, 2), 0, ((0, 0), (0, 0)), (1, 1), 1),
+])
+def test_reference_matches_a_plain_loop_and_its_adjoint(kernel, stride, padding, pads,
+                                                        dilation, groups, rng):
+    assert conv2d_paddings(padding, kernel, dilation) == pads
+    X = rng.standard_normal((2, 6, 7, 8))
+    W = rng.standard_normal((2 * groups, 6 // groups) + kernel)
+    bias = rng.standard_normal(2 * groups)
+    Y, _, _ = conv2d_reference(X, W, None, bias, stride, padding, dilation, groups)
+    Yl = _loop_conv2d(X, W, stride, pads, dilation, groups)
+    if padding == "same":
+        assert Yl.shape[2:] == X.shape[2:]
+    np.testing.assert_allclose(Y, Yl + bias[:, None, None], rtol=1e-13, atol=1e-13)
+    # Y - bias is bilinear in (X, W), so the gradients of <Y - bias, dY> satisfy
+    # <X, dX> = <W, dW> = <Y - bias, dY>; a wrong dX or dW breaks that.
+    dY = rng.standard_normal(Y.shape)
+    Y2, dX, dW = conv2d_reference(X, W, dY, bias, stride, padding, dilation, groups)
+    np.testing.assert_array_equal(Y2, Y)
+    assert dX.shape == X.shape and dW.shape == W.shape
+    inner = np.vdot(Yl, dY)
+    np.testing.assert_allclose([np.vdot(X, dX), np.vdot(W, dW)], [inner, inner], rtol=1e-12)
+    # and unbatched input is the batch of one
+    Y1, dX1, dW1 = conv2d_reference(X[1], W, dY[1], bias, stride, padding, dilation, groups)
+    np.testing.assert_allclose(Y1, Y[1], rtol=1e-14, atol=1e-14)
+    _, dXb, dWb = conv2d_reference(X[1:], W, dY[1:], bias, stride, padding, dilation, groups)
+    np.testing.assert_allclose(dX1, dXb[0], rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(dW1, dWb, rtol=1e-14, atol=1e-14)
 
 
 # ---------------------------------------------------------------- the grid
@@ -108,11 +164,29 @@ def _case_arrays(case, dtype, rng):
                                  groups=groups)
 
 
+@needs_torch
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("case", GRID, ids=[f"case{i}" for i in range(len(GRID))])
+def test_reference_matches_torch(case, bias, rng):
+    X, Wdense, b, opts = _case_arrays(case, np.float64, rng)
+    b = b if bias else None
+    X = X[0] if case[0] == 1 else X        # batch 1: unbatched, as torch allows
+    Xt = torch.from_numpy(X).requires_grad_(True)
+    Wt = torch.from_numpy(Wdense).requires_grad_(True)
+    Yt = F.conv2d(Xt, Wt, None if b is None else torch.from_numpy(b), **opts)
+    dY = rng.standard_normal(tuple(Yt.shape))
+    Yt.backward(torch.from_numpy(dY))
+    Y, dX, dW = conv2d_reference(X, Wdense, dY, b, **opts)
+    for mine, theirs in [(Y, Yt), (dX, Xt.grad), (dW, Wt.grad)]:
+        assert mine.shape == tuple(theirs.shape)
+        np.testing.assert_allclose(mine, theirs.detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("algorithm", ALGOS)
 @pytest.mark.parametrize("case", GRID, ids=[f"case{i}" for i in range(len(GRID))])
-def test_matches_torch(case, algorithm, dtype, n_threads, rng):
+def test_matches_the_reference(case, algorithm, dtype, n_threads, rng):
     X, Wdense, bias, opts = _case_arrays(case, dtype, rng)
     Y, _, _ = check_conv(X, Wdense, bias=bias, algorithm=algorithm, n_threads=n_threads,
                          rng=rng, **opts)
@@ -167,7 +241,7 @@ def test_forward_streams_sparse_tiles_into_a_large_output(width, dtype, n_thread
     W = sp.SparseConvWeight.from_dense(Wdense)
     Y = sp.conv2d_forward(X, W, bias, padding=1, algorithm="over_width", n_threads=n_threads)
     assert Y.nbytes >= 8 << 20
-    Yr, _, _ = reference(X, Wdense, None, bias, 1, 1, 1, 1)
+    Yr, _, _ = conv2d_reference(X, Wdense, None, bias, 1, 1, 1, 1)
     rtol, atol = tolerances(dtype, 8 * 9)
     np.testing.assert_allclose(Y, Yr, rtol=rtol, atol=atol)
 
@@ -252,15 +326,17 @@ def test_both_algorithms_and_auto_agree(rng):
 def test_auto_rule():
     W = sp.SparseConvWeight.from_dense(np.ones((4, 2, 3, 3), np.float32))
     L = _conv2d.lanes(np.float32)
-    assert L in (1, 8)
+    # float32 lanes: 1 scalar, 4 NEON (128-bit), 8 AVX2/AVX-512 (the conv kernels
+    # use 256-bit vectors there)
+    assert L == {"scalar": 1, "neon": 4}.get(sp.config()["isa"], 8)
     assert sp.conv2d_algorithm((32, 2, 56, 56), W, padding=1) == "over_width"
     assert sp.conv2d_algorithm((32, 2, 14, 14), W, padding=1) == "over_width"
     assert sp.conv2d_algorithm((8, 2, 7, 7), W, padding=1) == "batch_last"
     assert sp.conv2d_algorithm((4, 2, 7, 7), W, padding=1) == (
-        "batch_last" if L == 1 else "over_width")      # half the lanes idle
+        "over_width" if L == 8 else "batch_last")      # 8 lanes: half of them idle
     assert sp.conv2d_algorithm((16, 2, 1, 1), W, padding=1) == "batch_last"
     assert sp.conv2d_algorithm((2, 2, 7, 7), W, stride=2, padding=1) == (
-        "over_width" if L == 8 else "batch_last")
+        "batch_last" if L == 1 else "over_width")      # batch 2 wastes more lanes than OW 4
     assert sp.conv2d_algorithm((16, 2, 30, 4), W, padding=1) == (
         "batch_last" if L == 8 else "over_width")      # width 4 of 8 lanes
     assert sp.conv2d_algorithm((4, 2, 7, 7), W, padding="same", dilation=2) in ALGOS
@@ -282,8 +358,8 @@ def test_nan_reaches_only_stored_weights(rng):
         # expected NaN outputs: where a stored weight meets the NaN pixel
         ind = np.zeros((1, 3, 8, 8), np.float64)
         ind[0, 1, 4, 4] = 1
-        reach = F.conv2d(torch.from_numpy(ind), torch.from_numpy(
-            (Wdense != 0).astype(np.float64)), padding=1).numpy()[0] > 0
+        mask = (Wdense != 0).astype(np.float64)
+        reach = conv2d_reference(ind, mask, padding=1)[0][0] > 0
         assert np.array_equal(np.isnan(Y[1]), reach) and reach[2, 4, 4]
         assert np.isfinite(Y[0]).all()
         # dX does not depend on X; NaN in dY reaches dX through stored weights only
@@ -292,9 +368,9 @@ def test_nan_reaches_only_stored_weights(rng):
         assert np.isfinite(dX).all()
         dY[0, 2, 3, 3] = np.nan
         dX, dW = sp.conv2d_backward(np.nan_to_num(X), W, dY, padding=1, algorithm=algorithm)
-        back = F.conv_transpose2d(
-            torch.from_numpy(np.isnan(dY[:1]).astype(np.float64)),
-            torch.from_numpy((Wdense != 0).astype(np.float64)), padding=1).numpy()[0] > 0
+        # the transposed convolution of dY's NaN indicator with the mask
+        back = conv2d_reference(np.zeros((1, 3, 8, 8)), mask, np.isnan(dY[:1]).astype(
+            np.float64), padding=1)[1][0] > 0
         assert np.array_equal(np.isnan(dX[0]), back) and np.isfinite(dX[1]).all()
         oc = W._coords()[0]
         assert np.isnan(dW[oc == 2]).all() and np.isfinite(dW[oc != 2]).all()
@@ -316,12 +392,12 @@ def test_stale_scratch_never_leaks(algorithm, rng):
         W = sp.SparseConvWeight.from_dense(Wdense)
         poison()
         Y = sp.conv2d_forward(X, W, None, stride, padding, algorithm=algorithm)
-        Yr, _, _ = reference(X, Wdense, None, None, stride, padding, 1, 1)
+        Yr, _, _ = conv2d_reference(X, Wdense, None, None, stride, padding, 1, 1)
         np.testing.assert_allclose(Y, Yr, rtol=1e-4, atol=1e-4)
         dY = rng.standard_normal(Y.shape).astype(dtype)
         poison()
         dX, dW = sp.conv2d_backward(X, W, dY, stride, padding, algorithm=algorithm)
-        _, dXr, dWr = reference(X, Wdense, dY, None, stride, padding, 1, 1)
+        _, dXr, dWr = conv2d_reference(X, Wdense, dY, None, stride, padding, 1, 1)
         np.testing.assert_allclose(dX, dXr, rtol=1e-4, atol=1e-4)
         oc, ic, kr, kc = W._coords()
         np.testing.assert_allclose(dW, dWr[oc, ic, kr, kc], rtol=1e-4, atol=1e-3)
@@ -371,12 +447,16 @@ def test_large_layer_index_widths(rng):
 
 # ---------------------------------------------------------------- the weight
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_weight_round_trips(dtype, rng):
+def _weight_with_nan_and_empty_channel(dtype, rng):
     Wdense = random_sparse_dense(rng, (6, 4, 3, 2), 0.6, dtype)
     Wdense[0, 0, 0, 0] = np.nan
     Wdense[1] = 0
-    W = sp.SparseConvWeight.from_dense(Wdense)
+    return Wdense, sp.SparseConvWeight.from_dense(Wdense)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weight_round_trips(dtype, rng):
+    Wdense, W = _weight_with_nan_and_empty_channel(dtype, rng)
     assert W.shape == (6, 4, 3, 2) and W.dtype == dtype
     assert W.nnz == int((Wdense != 0).sum())
     np.testing.assert_array_equal(W.data, Wdense[Wdense != 0])   # the facade's contract
@@ -386,15 +466,21 @@ def test_weight_round_trips(dtype, rng):
     np.testing.assert_array_equal(W.krow, kr)
     np.testing.assert_array_equal(W.kcol, kc)
     assert not W.och.flags.writeable and not W.krow.flags.writeable
-    T = torch.from_numpy(Wdense).requires_grad_(True)
-    W2 = sp.SparseConvWeight.from_torch(T)
-    np.testing.assert_array_equal(W2.data, W.data)
-    np.testing.assert_array_equal(W2.to_torch().numpy(), Wdense)
     W3 = sp.SparseConvWeight(W.data, W.och, W.ich, W.krow, W.kcol, W.shape)
     np.testing.assert_array_equal(W3.to_dense(), Wdense)
     W4 = sp.SparseConvWeight.from_dense(Wdense.astype(np.float16), dtype=dtype)
     assert W4.dtype == dtype and W4.nnz == W.nnz
     assert "SparseConvWeight 6x4x3x2" in repr(W) and f"nnz={W.nnz}" in repr(W)
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weight_round_trips_through_torch(dtype, rng):
+    Wdense, W = _weight_with_nan_and_empty_channel(dtype, rng)
+    T = torch.from_numpy(Wdense).requires_grad_(True)
+    W2 = sp.SparseConvWeight.from_torch(T)
+    np.testing.assert_array_equal(W2.data, W.data)
+    np.testing.assert_array_equal(W2.to_torch().numpy(), Wdense)
 
 
 def test_paper_example():
@@ -479,6 +565,10 @@ def test_weight_bad_sources():
         sp.SparseConvWeight.from_dense(np.ones((3, 3), np.float32))
     with pytest.raises(TypeError, match="array must have dtype float32 or float64; got int64"):
         sp.SparseConvWeight.from_dense(np.ones((1, 1, 3, 3), np.int64))
+
+
+@needs_torch
+def test_weight_bad_torch_sources():
     with pytest.raises(TypeError, match="tensor must be a torch.Tensor; got ndarray"):
         sp.SparseConvWeight.from_torch(np.ones((1, 1, 3, 3), np.float32))
     with pytest.raises(ValueError, match="tensor is on meta; move it to the CPU first"):
@@ -567,6 +657,7 @@ def test_bad_input_is_a_clear_error(call, exc, msg):
         call()
 
 
+@needs_torch
 def test_torch_tensors_are_pointed_to_the_facade():
     with pytest.raises(TypeError, match="X is a torch.Tensor; the NumPy API takes arrays"):
         sp.conv2d_forward(torch.ones(2, 3, 8, 8), _w())

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import sparseprop as sp
 
-from helpers import tolerances
+from helpers import conv2d_reference, tolerances
 
 settings.register_profile("ci", max_examples=40, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -131,8 +131,9 @@ def test_raw_csr_is_valid_or_rejected_clearly(case):
 
 
 # ---------------------------------------------------------------- conv2d
-# Against torch.nn.functional.conv2d in float64 (forward, dX, and the dense
-# dW read at the stored weights).
+# Against the dense float64 reference helpers.conv2d_reference (forward, dX, and
+# the dense dW read at the stored weights): NumPy, so these run without torch.
+# test_conv2d_reference_matches_torch checks that reference on the same cases.
 
 try:
     import torch
@@ -140,7 +141,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the environment
     torch = None
 
-needs_torch = pytest.mark.skipif(torch is None, reason="needs torch (the dense reference)")
+needs_torch = pytest.mark.skipif(torch is None, reason="needs torch")
 
 CONV_LAYOUTS = ["contiguous", "channels_last", "row_strided", "column_strided", "read_only",
                 "reversed_batch"]
@@ -213,26 +214,46 @@ def conv_cases(draw):
     )
 
 
-@needs_torch
-@given(conv_cases())
-def test_conv2d_matches_torch(case):
+def conv_case_arrays(case):
+    """X, the dense weight, the bias (or None) and the conv options of a case."""
     rng = np.random.default_rng(case["seed"])
     dt, B, C, OC, g = case["dtype"], case["batch"], case["C"], case["OC"], case["groups"]
     kh, kw = case["kernel"]
     Wd = rng.standard_normal((OC, C // g, kh, kw)).astype(dt)
     Wd[rng.random(Wd.shape) < case["sparsity"]] = 0
-    W = sp.SparseConvWeight.from_dense(Wd)
     X = rng.standard_normal((B, C, case["H"], case["W"])).astype(dt)
     bias = rng.standard_normal(OC).astype(dt) if case["bias"] else None
     opts = dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
                 groups=g)
+    return rng, X, Wd, bias, opts
 
-    Xt = torch.from_numpy(X.astype(np.float64)).requires_grad_(True)
-    Wt = torch.from_numpy(Wd.astype(np.float64)).requires_grad_(True)
+
+@needs_torch
+@given(conv_cases())
+def test_conv2d_reference_matches_torch(case):
+    _, X, Wd, bias, opts = conv_case_arrays(case)
+    X, Wd = X.astype(np.float64), Wd.astype(np.float64)
+    Xt = torch.from_numpy(X).requires_grad_(True)
+    Wt = torch.from_numpy(Wd).requires_grad_(True)
     Yt = F.conv2d(Xt, Wt, None if bias is None else torch.from_numpy(bias.astype(np.float64)),
                   **opts)
-    dY = rng.standard_normal(tuple(Yt.shape)).astype(dt)
-    Yt.backward(torch.from_numpy(dY.astype(np.float64)))
+    dY = np.random.default_rng(case["seed"] + 1).standard_normal(tuple(Yt.shape))
+    Yt.backward(torch.from_numpy(dY))
+    Y, dX, dW = conv2d_reference(X, Wd, dY, bias, **opts)
+    for mine, theirs in [(Y, Yt), (dX, Xt.grad), (dW, Wt.grad)]:
+        assert mine.shape == tuple(theirs.shape)
+        np.testing.assert_allclose(mine, theirs.detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+@given(conv_cases())
+def test_conv2d_matches_the_reference(case):
+    rng, X, Wd, bias, opts = conv_case_arrays(case)
+    dt, B, C, OC, g = case["dtype"], case["batch"], case["C"], case["OC"], case["groups"]
+    kh, kw = case["kernel"]
+    W = sp.SparseConvWeight.from_dense(Wd)
+    Yr, _, _ = conv2d_reference(X, Wd, None, bias, **opts)
+    dY = rng.standard_normal(Yr.shape).astype(dt)
+    _, dXr, dWr = conv2d_reference(X, Wd, dY, bias, **opts)
 
     Xin, dYin = lay_out_4d(X, case["x_layout"]), lay_out_4d(dY, case["dy_layout"])
     if case["unbatched"]:
@@ -242,7 +263,6 @@ def test_conv2d_matches_torch(case):
     dX, dW = sp.conv2d_backward(Xin, W, dYin, need_input_grad=case["need_dx"], algorithm=algo,
                                 n_threads=T, **opts)
 
-    Yr = Yt.detach().numpy()
     if case["unbatched"]:
         Y = Y[None]
         dX = None if dX is None else dX[None]
@@ -252,13 +272,13 @@ def test_conv2d_matches_torch(case):
     if case["need_dx"]:
         assert dX.shape == X.shape and dX.dtype == dt
         rtol, atol = tolerances(dt, (OC // g) * kh * kw)
-        np.testing.assert_allclose(dX, Xt.grad.numpy(), rtol=rtol, atol=atol)
+        np.testing.assert_allclose(dX, dXr, rtol=rtol, atol=atol)
     else:
         assert dX is None
     oc, ic, kr, kc = W._coords()
     assert dW.shape == (W.nnz,) and dW.dtype == dt
     rtol, atol = tolerances(dt, B * Yr.shape[2] * Yr.shape[3])
-    np.testing.assert_allclose(dW, Wt.grad.numpy()[oc, ic, kr, kc], rtol=rtol, atol=atol)
+    np.testing.assert_allclose(dW, dWr[oc, ic, kr, kc], rtol=rtol, atol=atol)
 
 
 # ---------------------------------------------------------------- torch layers
