@@ -487,6 +487,8 @@ class SparseLinear(_SparseLayer):
         args = (x, self.values, self.indptr, self.indices, self.in_features, self.bias,
                 self._threads)
         if _ops.eager_path_ok(x, self.values, self.indptr, self.indices, self.bias):
+            if not _ops.grad_wanted(x, self.values, self.bias):  # no_grad, inference_mode
+                return _ops._linear_impl(*args)
             return _ops.EagerLinear.apply(*args)
         return torch.ops.sparseprop.linear(*args)
 
@@ -660,7 +662,10 @@ class SparseConv2d(_SparseLayer):
                 list(self.stride), padding, list(self.dilation), self.groups, self.algorithm,
                 self._threads)
         if _ops.eager_path_ok(x, self.values, self.indptr, self.indices, self.bias):
-            y = _ops.EagerConv2d.apply(*args)
+            if not _ops.grad_wanted(x, self.values, self.bias):  # no_grad, inference_mode
+                y = _ops._conv2d_impl(*args)
+            else:
+                y = _ops.EagerConv2d.apply(*args)
         else:
             y = torch.ops.sparseprop.conv2d(*args)
         return y.squeeze(0) if unbatched else y
