@@ -9,6 +9,10 @@ Layers
 Whole models
     :func:`sparsify` (with autotuning and an on-disk cache), :func:`densify`,
     :func:`load_state_dict`.
+Deploying
+    :func:`onnx_export` / :func:`onnx_translation_table` (ONNX, dense compute
+    in the runtime); ``torch.export`` and safetensors work as they are (see
+    the README, "Deploying a sparse model").
 Changing masks
     ``layer.prune_`` / ``keep_largest_`` / ``regrow_`` / ``set_mask_``,
     :func:`rigl_update_`, :class:`DenseGradients`,
@@ -42,6 +46,7 @@ from sparseprop.torch._masks import (
     cubic_sparsity,
     rigl_update_,
 )
+from sparseprop.torch._onnx import onnx_export, onnx_translation_table
 from sparseprop.torch._optim_state import remap_optimizer_state, replace_parameter
 
 __all__ = [
@@ -55,6 +60,8 @@ __all__ = [
     "dense_weight_of",
     "densify",
     "load_state_dict",
+    "onnx_export",
+    "onnx_translation_table",
     "remap_optimizer_state",
     "replace_parameter",
     "rigl_update_",
