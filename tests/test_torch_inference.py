@@ -231,3 +231,18 @@ def test_conv_backward_lists_are_built_lazily(context):
     assert plans and all(p.lists is None for p in plans)
     layer(x.clone().requires_grad_()).sum().backward()
     assert any(p.lists is not None for p in _cached_weight()._cache["conv2d"].values())
+
+
+def test_converted_layers_keep_the_train_or_eval_mode():
+    """A model put in eval() before sparsify/densify/load stays in eval() throughout
+    (torch.onnx.export warns about, and some layers depend on, the mode)."""
+    model = spt.sparsify(mlp().eval(), autotune=False, min_sparsity=0.5)[0]
+    assert isinstance(model[0], spt.SparseLinear)
+    assert not any(m.training for m in model.modules())
+    assert not any(m.training for m in spt.densify(model).modules())
+    fresh = mlp().eval()
+    spt.load_state_dict(fresh, model.state_dict())
+    assert isinstance(fresh[0], spt.SparseLinear)
+    assert not any(m.training for m in fresh.modules())
+    train = spt.sparsify(mlp(), autotune=False, min_sparsity=0.5)[0]
+    assert all(m.training for m in train.modules())

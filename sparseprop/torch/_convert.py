@@ -453,7 +453,7 @@ def sparsify(model, example_inputs=None, min_sparsity=0.8, autotune=True, inplac
             row.reason = "dense is faster"
     for name, new in replacements:
         if name:
-            _set_submodule(model, name, new)
+            _set_submodule(model, name, new.train(model.get_submodule(name).training))
         else:  # the model itself is a single layer
             model = new
     report = SparsifyReport(rows, threads, sparseprop.config()["isa"], float(min_sparsity),
@@ -473,7 +473,7 @@ def densify(model, inplace=False):
         model = _deepcopy_model(model)
     for name, m in list(model.named_modules()):
         if isinstance(m, _SparseLayer):
-            _set_submodule(model, name, m.to_dense())
+            _set_submodule(model, name, m.to_dense().train(m.training))
     return model
 
 
@@ -496,10 +496,10 @@ def load_state_dict(model, state_dict, strict=True):
         if isinstance(m, _SparseLayer):
             if prefix + "weight" in state_dict and prefix + "indices" not in state_dict \
                     and name:
-                _set_submodule(model, name, m.to_dense())
+                _set_submodule(model, name, m.to_dense().train(m.training))
         elif _plain_type(m) in (nn.Linear, nn.Conv2d) and prefix + "indices" in state_dict:
             if not name:
                 raise ValueError("the model itself is a dense layer; build the sparse layer "
                                  "with SparseLinear/SparseConv2d.from_dense first")
-            _set_submodule(model, name, _to_sparse(m, None))
+            _set_submodule(model, name, _to_sparse(m, None).train(m.training))
     return model.load_state_dict(state_dict, strict=strict)
