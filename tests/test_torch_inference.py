@@ -240,6 +240,7 @@ def test_converted_layers_keep_the_train_or_eval_mode():
     assert isinstance(model[0], spt.SparseLinear)
     assert not any(m.training for m in model.modules())
     assert not any(m.training for m in spt.densify(model).modules())
+    assert not spt.densify(model[0]).training  # a single layer
     fresh = mlp().eval()
     spt.load_state_dict(fresh, model.state_dict())
     assert isinstance(fresh[0], spt.SparseLinear)

@@ -468,7 +468,7 @@ def densify(model, inplace=False):
     stored).  Returns the model (a deep copy unless ``inplace``).
     """
     if isinstance(model, _SparseLayer):
-        return model.to_dense()
+        return model.to_dense().train(model.training)
     if not inplace:
         model = _deepcopy_model(model)
     for name, m in list(model.named_modules()):
