@@ -32,7 +32,7 @@ def test_readme_has_its_examples():
     # silently run nothing if the README's fences changed)
     sections = [title for title, _ in BLOCKS]
     for title in ("Quick start (NumPy)", "Quick start: sparse conv2d (NumPy, NCHW)",
-                  "Use with PyTorch"):
+                  "Use with PyTorch", "Deploying a sparse model"):
         assert sections.count(title) == 1, (title, sections)
 
 
@@ -48,6 +48,11 @@ def _run(code, tmp_path, monkeypatch):
 def test_readme_block_runs_alone(title, code, tmp_path, monkeypatch, capsys):
     if "import torch" in code:
         pytest.importorskip("torch")
+    # the deploy extra: what the block imports, and onnxscript for any ONNX export
+    needed = [m for m in ("onnxruntime", "safetensors") if f"import {m}" in code]
+    needed += ["onnxscript"] if "onnx_export" in code else []
+    for module in needed:
+        pytest.importorskip(module, reason=f"{module} is not installed (the deploy extra)")
     ns = _run(code, tmp_path, monkeypatch)
     if title == "Quick start (NumPy)":
         X, W, dense, bias = ns["X"], ns["W"], ns["dense"], ns["bias"]
@@ -73,3 +78,10 @@ def test_readme_block_runs_alone(title, code, tmp_path, monkeypatch, capsys):
         assert torch.isfinite(ns["loss"])
         assert (tmp_path / "sparse_model.pt").exists()
         assert list((tmp_path / "cache").glob("*.json"))
+    elif title == "Deploying a sparse model":
+        import sparseprop.torch as spt
+
+        assert len(ns["report"].converted) == 2
+        assert isinstance(ns["fresh"][3], spt.SparseLinear)
+        for name in ("model.pt2", "model.onnx", "model.safetensors"):
+            assert (tmp_path / name).exists(), name

@@ -9,6 +9,11 @@ Layers
 Whole models
     :func:`sparsify` (with autotuning and an on-disk cache), :func:`densify`,
     :func:`load_state_dict`.
+Deploying
+    :func:`onnx_export` / :func:`onnx_translation_table` (ONNX, dense compute
+    in the runtime); ``torch.export`` and safetensors work as they are (see
+    the README, "Deploying a sparse model"); :func:`load_safetensors` reads
+    a safetensors file or a Hugging Face model folder into any architecture.
 Changing masks
     ``layer.prune_`` / ``keep_largest_`` / ``regrow_`` / ``set_mask_``,
     :func:`rigl_update_`, :class:`DenseGradients`,
@@ -27,6 +32,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from sparseprop.torch import _ops  # noqa: F401  (registers torch.ops.sparseprop.*)
+from sparseprop.torch._checkpoint import load_safetensors
 from sparseprop.torch._convert import (
     LayerDecision,
     SparsifyReport,
@@ -42,6 +48,7 @@ from sparseprop.torch._masks import (
     cubic_sparsity,
     rigl_update_,
 )
+from sparseprop.torch._onnx import onnx_export, onnx_translation_table
 from sparseprop.torch._optim_state import remap_optimizer_state, replace_parameter
 
 __all__ = [
@@ -54,7 +61,10 @@ __all__ = [
     "cubic_sparsity",
     "dense_weight_of",
     "densify",
+    "load_safetensors",
     "load_state_dict",
+    "onnx_export",
+    "onnx_translation_table",
     "remap_optimizer_state",
     "replace_parameter",
     "rigl_update_",

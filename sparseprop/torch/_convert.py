@@ -9,10 +9,10 @@ file per key, so a second run on the same machine reuses it.  The folder is
 else ``~/.cache/sparseprop/autotune`` (see :func:`tuning_cache_dir`); a
 ``cache_dir=`` argument overrides both.  The key holds the layer type and
 shape with all its options, the input shape, whether the input needs a
-gradient, the sparsity (rounded to 0.01), the dtype, the thread count, the
-ISA sparseprop runs on, the sparseprop and torch versions, and the build of
-the kernels (size and time of the compiled modules, so a rebuilt sparseprop
-measures again).  Delete the folder to re-measure.
+gradient, whether the backward is timed, the sparsity (rounded to 0.01),
+the dtype, the thread count, the ISA sparseprop runs on, the sparseprop and
+torch versions, and the build of the kernels (size and time of the compiled
+modules, so a rebuilt sparseprop measures again).  Delete the folder to re-measure.
 """
 import copy
 import dataclasses
@@ -87,6 +87,7 @@ class SparsifyReport:
     isa: str
     min_sparsity: float
     autotune: bool
+    timed: str = "forward+backward"  # "forward" when sparsify ran without gradients
 
     @property
     def converted(self):
@@ -117,6 +118,7 @@ class SparsifyReport:
         fmt = "  ".join(f"{{:<{w}}}" for w in widths)
         lines = [f"sparsify: {len(self.converted)} of {len(self.layers)} layers sparse "
                  f"(min_sparsity={self.min_sparsity}, autotune={self.autotune}, "
+                 + ("timed=forward, " if self.timed == "forward" else "") +
                  f"threads={self.threads}, isa={self.isa})",
                  fmt.format(*head), fmt.format(*("-" * w for w in widths))]
         lines += [fmt.format(*r) for r in rows]
@@ -154,6 +156,11 @@ def _median_time(fn, repeats, warmup):
 
 def _fwd_bwd(module, x, grad_out):
     params = [p for p in module.parameters() if p.requires_grad]
+    if grad_out is None:  # sparsify called without grad (no_grad, inference_mode)
+        def forward_only():
+            with torch.no_grad():
+                module(x)
+        return forward_only
 
     def run():
         xx = x.detach().requires_grad_(x.requires_grad)
@@ -164,17 +171,19 @@ def _fwd_bwd(module, x, grad_out):
 
 
 def _time_layer(dense, sparse, spec, repeats, warmup):
-    """(dense seconds, {algorithm: sparse seconds}) for forward + backward."""
+    """(dense seconds, {algorithm: sparse seconds}) for forward + backward
+    (forward only when ``spec["backward"]`` is False)."""
+    backward = spec.get("backward", True)
     gen = torch.Generator().manual_seed(0)
     shape, needs_grad, channels_last = spec["input_shape"], spec["input_grad"], \
         spec["channels_last"]
     x = torch.randn(shape, generator=gen, dtype=sparse.values.dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    x.requires_grad_(needs_grad)
+    x.requires_grad_(needs_grad and backward)
     with torch.no_grad():
         y = dense(x)
-    g = torch.randn(y.shape, generator=gen, dtype=y.dtype)
+    g = torch.randn(y.shape, generator=gen, dtype=y.dtype) if backward else None
     t_dense = _median_time(_fwd_bwd(dense, x, g), repeats, warmup)
     algs = CONV_ALGORITHMS if isinstance(sparse, SparseConv2d) else (None,)
     t_sparse = {}
@@ -197,13 +206,14 @@ def _kernel_build_id():
     return hashlib.sha256(raw.encode()).hexdigest()[:12]
 
 
-def _cache_key(module, spec, sparsity, threads):
+def _cache_key(module, spec, sparsity, threads, backward=True):
     key = {
         "kind": type(module).__name__,
         "weight_shape": list(dense_weight_of(module)[0].shape),
         "bias": module.bias is not None,
         "input_shape": list(spec["input_shape"]),
-        "input_grad": bool(spec["input_grad"]),
+        "input_grad": bool(spec["input_grad"]) and backward,
+        "timed": "forward+backward" if backward else "forward",
         "channels_last": bool(spec["channels_last"]),
         "sparsity": round(float(sparsity), 2),
         "dtype": str(spec["dtype"]),
@@ -330,7 +340,9 @@ def sparsify(model, example_inputs=None, min_sparsity=0.8, autotune=True, inplac
     that is at least ``min_sparsity`` sparse is a candidate.  With
     ``autotune=True`` the model is run once on ``example_inputs`` to learn
     each layer's input shape; then dense and sparse forward + backward are
-    timed on that shape (``warmup`` runs, then the median of ``repeats``),
+    timed on that shape (forward only when ``sparsify`` is called with
+    gradients off - under ``torch.no_grad()`` or ``torch.inference_mode()``,
+    the way to tune a model for inference) (``warmup`` runs, then the median of ``repeats``),
     trying every conv algorithm, and a layer is replaced only when sparse is
     faster, with the fastest algorithm.  Results are cached on disk (see
     :func:`tuning_cache_dir`).  With ``autotune=False`` every candidate is
@@ -369,6 +381,7 @@ def sparsify(model, example_inputs=None, min_sparsity=0.8, autotune=True, inplac
     threads = (torch.get_num_threads() if n_threads is None
                else sparseprop._config.resolve_n_threads(n_threads))
     folder = Path(cache_dir) if cache_dir is not None else tuning_cache_dir()
+    backward = torch.is_grad_enabled()
     candidates, rows = [], []
     for name, m in model.named_modules():
         if isinstance(m, _SparseLayer):
@@ -409,7 +422,7 @@ def sparsify(model, example_inputs=None, min_sparsity=0.8, autotune=True, inplac
         if spec is None:
             row.reason = "not reached by example_inputs (cannot time it)"
             continue
-        key = _cache_key(m, spec, sparsity, threads)
+        key = _cache_key(m, spec, sparsity, threads, backward)
         sparse = _to_sparse(m, n_threads)
         algorithms = CONV_ALGORITHMS if isinstance(sparse, SparseConv2d) else ("-",)
         result = _cache_read(folder, key, algorithms)
@@ -418,7 +431,8 @@ def sparsify(model, example_inputs=None, min_sparsity=0.8, autotune=True, inplac
             old_threads = torch.get_num_threads()
             torch.set_num_threads(threads)
             try:
-                t_dense, t_sparse = _time_layer(dense, sparse, spec, repeats, warmup)
+                t_dense, t_sparse = _time_layer(dense, sparse, dict(spec, backward=backward),
+                                                repeats, warmup)
             finally:
                 torch.set_num_threads(old_threads)
             best = min(t_sparse, key=t_sparse.get)
@@ -439,11 +453,11 @@ def sparsify(model, example_inputs=None, min_sparsity=0.8, autotune=True, inplac
             row.reason = "dense is faster"
     for name, new in replacements:
         if name:
-            _set_submodule(model, name, new)
+            _set_submodule(model, name, new.train(model.get_submodule(name).training))
         else:  # the model itself is a single layer
             model = new
     report = SparsifyReport(rows, threads, sparseprop.config()["isa"], float(min_sparsity),
-                            bool(autotune))
+                            bool(autotune), "forward+backward" if backward else "forward")
     return model, report
 
 
@@ -454,12 +468,12 @@ def densify(model, inplace=False):
     stored).  Returns the model (a deep copy unless ``inplace``).
     """
     if isinstance(model, _SparseLayer):
-        return model.to_dense()
+        return model.to_dense().train(model.training)
     if not inplace:
         model = _deepcopy_model(model)
     for name, m in list(model.named_modules()):
         if isinstance(m, _SparseLayer):
-            _set_submodule(model, name, m.to_dense())
+            _set_submodule(model, name, m.to_dense().train(m.training))
     return model
 
 
@@ -482,10 +496,10 @@ def load_state_dict(model, state_dict, strict=True):
         if isinstance(m, _SparseLayer):
             if prefix + "weight" in state_dict and prefix + "indices" not in state_dict \
                     and name:
-                _set_submodule(model, name, m.to_dense())
+                _set_submodule(model, name, m.to_dense().train(m.training))
         elif _plain_type(m) in (nn.Linear, nn.Conv2d) and prefix + "indices" in state_dict:
             if not name:
                 raise ValueError("the model itself is a dense layer; build the sparse layer "
                                  "with SparseLinear/SparseConv2d.from_dense first")
-            _set_submodule(model, name, _to_sparse(m, None))
+            _set_submodule(model, name, _to_sparse(m, None).train(m.training))
     return model.load_state_dict(state_dict, strict=strict)

@@ -523,7 +523,10 @@ class SparseLinear(_SparseLayer):
         args = (x, self.values, self.indptr, self.indices, self.in_features, self.bias,
                 self._threads)
         if _ops.eager_path_ok(x, self.values, self.indptr, self.indices, self.bias):
-            y = _ops.EagerLinear.apply(*args)
+            if not _ops.grad_wanted(x, self.values, self.bias):  # no_grad, inference_mode
+                y = _ops._linear_impl(*args)
+            else:
+                y = _ops.EagerLinear.apply(*args)
         else:
             y = torch.ops.sparseprop.linear(*args)
         return y if cast_back is None else y.to(cast_back)
@@ -706,7 +709,10 @@ class SparseConv2d(_SparseLayer):
                 list(self.stride), padding, list(self.dilation), self.groups, self.algorithm,
                 self._threads)
         if _ops.eager_path_ok(x, self.values, self.indptr, self.indices, self.bias):
-            y = _ops.EagerConv2d.apply(*args)
+            if not _ops.grad_wanted(x, self.values, self.bias):  # no_grad, inference_mode
+                y = _ops._conv2d_impl(*args)
+            else:
+                y = _ops.EagerConv2d.apply(*args)
         else:
             y = torch.ops.sparseprop.conv2d(*args)
         if cast_back is not None:

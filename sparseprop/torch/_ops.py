@@ -29,12 +29,14 @@ on a small layer costs many times the two NumPy calls (the figures are in
 docs/tuning.md; benchmarks/bench_torch.py).  So, in plain eager
 execution, the layers call :class:`EagerLinear` / :class:`EagerConv2d` instead: ordinary
 ``torch.autograd.Function`` s around the *same* implementation functions and
-the same gradient formulas the ops use.  :func:`eager_path_ok` says when that
-is safe; under ``torch.compile``, ``torch.jit`` tracing, dispatch modes
-(FakeTensor, FlopCounterMode ...) or tensor subclasses the layers call the
-ops, which those understand.  ``torch.func`` transforms also get the ops, so
-their error is torch's own: a custom op's autograd does not support them
-(torch 2.13), and neither do the layers.
+the same gradient formulas the ops use, or, when no gradient is wanted
+(:func:`grad_wanted`), the implementation functions themselves.
+:func:`eager_path_ok` says when that is safe; under ``torch.compile``,
+``torch.jit`` tracing, dispatch modes (FakeTensor, FlopCounterMode ...) or
+tensor subclasses the layers call the ops, which those understand.
+``torch.func`` transforms also get the ops, so their error is torch's own: a
+custom op's autograd does not support them (torch 2.13), and neither do the
+layers.
 """
 import numpy as np
 import torch
@@ -455,6 +457,17 @@ def eager_path_ok(*tensors):
             or torch._C._len_torch_dispatch_stack() > 0):
         return False
     return all(t is None or type(t) in _PLAIN_TENSORS for t in tensors)
+
+
+def grad_wanted(*tensors):
+    """True when a call records autograd history: grad mode is on (it is off under
+    ``torch.no_grad()`` and ``torch.inference_mode()``) and a tensor requires grad.
+
+    When False, the layers call the implementation functions directly: no
+    autograd.Function, nothing saved for a backward that cannot happen, and
+    none of the backward's plans built (they are built on a backward's first
+    call, see ``sparseprop._linear_plan`` / ``_conv_plan``)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 class EagerLinear(torch.autograd.Function):
