@@ -89,6 +89,15 @@ def test_load_safetensors_errors_name_the_path(tmp_path):
         spt.load_safetensors(net(), tmp_path / "missing.safetensors")
     with pytest.raises(FileNotFoundError, match="without model.safetensors"):
         spt.load_safetensors(net(), tmp_path)
+    # an index naming files outside its folder (or not names at all) is refused
+    (tmp_path / "outside.safetensors").write_bytes(b"")
+    shard = tmp_path / "sharded"
+    shard.mkdir()
+    for bad in ("../outside.safetensors", str(tmp_path / "outside.safetensors"), 3, ".."):
+        (shard / "model.safetensors.index.json").write_text(
+            json.dumps({"weight_map": {"0.weight": bad}}))
+        with pytest.raises(ValueError, match="weight_map names shard"):
+            spt.load_safetensors(net(), shard)
 
 
 def _tiny_bert(transformers):

@@ -44,7 +44,12 @@ def _files(path):
             weight_map = index.get("weight_map") if isinstance(index, dict) else None
             if not isinstance(weight_map, dict):
                 raise ValueError(f"{path / _INDEX} has no 'weight_map' object")
-            return [path / name for name in sorted(set(weight_map.values()))]
+            names = sorted(set(weight_map.values()), key=str)
+            for name in names:  # an untrusted index names files beside it, nothing else
+                if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+                    raise ValueError(f"{path / _INDEX}: weight_map names shard {name!r}; "
+                                     "expected a file name in the same folder")
+            return [path / name for name in names]
         if (path / _SINGLE).is_file():
             return [path / _SINGLE]
         raise FileNotFoundError(f"path is a folder without {_SINGLE} or {_INDEX}: {path}")
