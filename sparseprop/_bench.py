@@ -60,8 +60,15 @@ def machine_info():
         import torch
 
         info["torch"] = torch.__version__
+        info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     except ImportError:
         pass
+    # Caps on the dense baseline's ISA (benchmarks/as_isa.py sets them): a
+    # figure measured under them says so.
+    caps = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
+                                       "ONEDNN_MAX_CPU_ISA") if k in os.environ}
+    if caps:
+        info["dense_isa_caps"] = caps
     return info
 
 
