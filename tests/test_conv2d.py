@@ -211,9 +211,10 @@ def test_thread_splits(algorithm, batch, n_threads, rng):
 @pytest.mark.parametrize("algorithm,xshape", [("batch_last", (8, 64, 7, 7)),
                                               ("over_width", (2, 64, 40, 37))])
 def test_forward_input_channel_blocks(algorithm, xshape, dtype, rng):
-    # Enough input channels per group (32) that the forward splits them into
-    # L1-sized blocks whose partial tiles are accumulated; groups=2 and empty
-    # (output channel, block) pairs included.
+    # Enough input channels per group (16) and weights that the forward splits
+    # them into L1-sized blocks whose partial tiles are accumulated (scalar,
+    # AVX-512 and NEON block; AVX2 never does, conv_impl.h); groups=2 and
+    # empty (output channel, block) pairs included.
     X = rng.standard_normal(xshape).astype(dtype)
     Wdense = random_sparse_dense(rng, (16, 32, 3, 3), 0.5, dtype)
     Wdense[3, 5:] = 0

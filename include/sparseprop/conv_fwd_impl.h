@@ -29,19 +29,20 @@ static void SP_FN(sp_conv_fwd)(const sp_conv_fwd_args* a, int64_t u0, int64_t u1
     const int64_t* xoff = a->xoff;
     const int64_t xrs = g->sh * g->rowlen_x, shift = c0 * g->plane_x;
     /* input channels per block: a block's rows of one band fit in L1, so each
-     * output channel re-reads them from there; but keep ~16 weights per
-     * (output channel, block) so loading/storing the partial tile pays off */
+     * output channel re-reads them from there; but keep SP_CW_BLOCK_WEIGHTS
+     * weights per (output channel, block) so loading/storing the partial
+     * tile pays off */
     int64_t icb = ICg;
-    {
+    if (SP_CW_BLOCK_WEIGHTS > 0) {
         const int64_t band_rows = (R - 1) * g->sh + g->Hb - (OH - 1) * g->sh;
         const int64_t fit = SP_CONV_L1_BYTES /
                             SP_MAX((int64_t)1, band_rows * g->rowlen_x * (int64_t)sizeof(SP_T));
         const int64_t nnz = och[OC], slots = OC * ICg;
-        const int64_t need = nnz > 0 ? (16 * slots + nnz - 1) / nnz : ICg;
+        const int64_t need = nnz > 0 ? (SP_CW_BLOCK_WEIGHTS * slots + nnz - 1) / nnz : ICg;
         icb = SP_MIN(ICg, SP_MAX((int64_t)1, SP_MAX(fit, need)));
     }
-    /* blocking pays from 0.8 sparsity down (docs/tuning.md, "Conv input
-     * channel blocks") */
+    /* blocking pays from 0.8 sparsity down, with 32 registers (docs/tuning.md,
+     * "Conv input channel blocks") */
     const int blocked = icb < ICg;
     /* streaming stores of sparse tiles straight into a large Y (see conv.h) */
     const int stream_y = !g->batch_last &&

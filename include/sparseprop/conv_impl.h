@@ -28,6 +28,21 @@
 #define SP_CW_BWD_ACC_FEW 5
 #endif
 
+/* Forward input-channel blocks: the fewest weights per (output channel,
+ * block) that make a block worth its pass of partial tiles; 0: never block.
+ * With 16 registers the tiles are small and the extra loads and stores of
+ * the partials cost more than the L1 hits save (docs/tuning.md, "Conv input
+ * channel blocks"). */
+#ifdef SP_CONV_BLOCK_WEIGHTS
+#define SP_CW_BLOCK_WEIGHTS SP_CONV_BLOCK_WEIGHTS
+#elif SP_VL == 1 || SP_CUR_ISA == SP_ISA_NEON
+#define SP_CW_BLOCK_WEIGHTS 16 /* scalar and NEON: not measured since 16 was set */
+#elif SP_CUR_ISA == SP_ISA_AVX512
+#define SP_CW_BLOCK_WEIGHTS 40
+#else
+#define SP_CW_BLOCK_WEIGHTS 0
+#endif
+
 SP_INLINE int64_t SP_FN(sp_conv_lanes)(void) { return SP_VL; }
 
 #include "sparseprop/conv_tiles_impl.h"
@@ -38,6 +53,7 @@ SP_INLINE int64_t SP_FN(sp_conv_lanes)(void) { return SP_VL; }
 #undef SP_CW_FWD_ACC
 #undef SP_CW_BWD_ACC
 #undef SP_CW_BWD_ACC_FEW
+#undef SP_CW_BLOCK_WEIGHTS
 #undef SP_CW_DEF
 #undef SP_CW_DEF_BWD
 #undef SP_CW_DEF_ROW
