@@ -23,9 +23,15 @@
 #define SP_CW_BWD_ACC_FEW 14
 #else
 /* 16 registers */
-#define SP_CW_FWD_ACC 12
-#define SP_CW_BWD_ACC 5
-#define SP_CW_BWD_ACC_FEW 5
+#ifndef SP_CONV_FWD_ACC_16
+#define SP_CONV_FWD_ACC_16 12
+#endif
+#ifndef SP_CONV_BWD_ACC_16
+#define SP_CONV_BWD_ACC_16 7 /* 14 tile vectors + dY + w: gcc spills little */
+#endif
+#define SP_CW_FWD_ACC SP_CONV_FWD_ACC_16
+#define SP_CW_BWD_ACC SP_CONV_BWD_ACC_16
+#define SP_CW_BWD_ACC_FEW SP_CONV_BWD_ACC_16
 #endif
 
 /* Forward input-channel blocks: the fewest weights per (output channel,
