@@ -16,7 +16,11 @@
  *     blocks of columns, walked one after the other, so that the block of X^T
  *     a pass reads stays in L1; Y^T partial sums wait in scratch between
  *     passes.  Rows are finished SP_LINEAR_FWD_TILE at a time and transposed
- *     into Y.
+ *     into Y.  Batches smaller than a chunk run the same kernel compiled for
+ *     1 or 2 vectors of lanes (fwd_narrow), and batches of a row or two the
+ *     row-wise gather kernel (fwd_gather: for each output row, SP_VL of its
+ *     nonzeros at a time, the X entries they name gathered from X's rows);
+ *     the driver picks by batch size (sparseprop/_linear.pyx).
  *   - backward walks W by columns (a CSC copy of the structure, each column's
  *     list padded to a multiple of 8 with dummies that point at an all-zero
  *     row N of dY^T): X^T[m] and the dX^T[m] accumulator stay in registers for
