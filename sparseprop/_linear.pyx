@@ -86,6 +86,10 @@ cdef extern from "sparseprop/linear.h" nogil:
         sp_linear_bwd_fn bwd
         int64_t fwd_chunk
         int64_t bwd_chunk
+        sp_linear_fwd_fn fwd_narrow[2]
+        int64_t fwd_narrow_chunk[2]
+        sp_linear_fwd_fn fwd_gather
+        int64_t fwd_gather_rows
 
     sp_linear_kernels sp_linear_select(int isa, int is_f64)
     sp_linear_kernels sp_linear_select_bf16(int isa, int use_bf16x)
@@ -108,10 +112,47 @@ cdef int64_t _SERIAL_WORK = 1 << 16
 # Below this many values a gather/scatter of the weights runs on one thread.
 cdef int64_t _SERIAL_VALUES = 1 << 13
 
+# Batches of at most this many rows take the row-wise gather forward
+# (docs/tuning.md, "Small-batch forward"); larger ones the lane kernels.
+GATHER_MAX_BATCH = 2
+
+cdef sp_linear_fwd_fn _forward_kernel(const sp_linear_kernels* K, int64_t B, int64_t* chunk,
+                                      int* path):
+    """The forward kernel for a batch of B rows and its chunk (rows per call):
+    the gather kernel for the smallest batches, else the narrowest lane
+    kernel whose chunk holds the batch (the full one for larger batches).
+    path: 0 full, 1 and 2 narrow, 3 gather."""
+    if K.fwd_gather != NULL and B <= GATHER_MAX_BATCH and B <= K.fwd_gather_rows:
+        chunk[0] = K.fwd_gather_rows
+        path[0] = 3
+        return K.fwd_gather
+    cdef int i
+    for i in range(2):
+        if B <= K.fwd_narrow_chunk[i] and K.fwd_narrow_chunk[i] < K.fwd_chunk:
+            chunk[0] = K.fwd_narrow_chunk[i]
+            path[0] = i + 1
+            return K.fwd_narrow[i]
+    chunk[0] = K.fwd_chunk
+    path[0] = 0
+    return K.fwd
+
+
 cdef inline sp_linear_kernels _kernels(dtype, act_dtype):
     if is_bfloat16(act_dtype):
         return _KERNELS_BF16
     return _KERNELS_F64 if dtype == np.float64 else _KERNELS_F32
+
+
+def forward_path(int64_t B, dtype=np.float32, act_dtype=None):
+    """(name, chunk) of the forward kernel :func:`linear_forward` runs for a
+    batch of B rows: "gather", "narrow1", "narrow2" or "full" (for tests and
+    benchmarks)."""
+    dtype = np.dtype(dtype)
+    cdef sp_linear_kernels K = _kernels(dtype, dtype if act_dtype is None else np.dtype(act_dtype))
+    cdef int64_t chunk = 0
+    cdef int path = 0
+    _forward_kernel(&K, B, &chunk, &path)
+    return ("full", "narrow1", "narrow2", "gather")[path], chunk
 
 
 cdef object _rows2d(arr, str name):
@@ -239,13 +280,16 @@ def linear_forward(X, W, bias=None, *, n_threads=None, out=None):
         return Y_out
 
     cdef sp_linear_kernels K = _kernels(dtype, act)
-    cdef int64_t chunk = K.fwd_chunk
+    cdef int64_t chunk = 0
+    cdef int path = 0
+    cdef sp_linear_fwd_fn fn = _forward_kernel(&K, B, &chunk, &path)
     cdef int itemsize = dtype.itemsize  # weights, bias, scratch
     cdef int act_size = act.itemsize    # X and Y
     cdef int64_t nnz = W.nnz
-    cdef int64_t nblk = forward_blocks(M, N, nnz, chunk, itemsize)
-    ptr, indices, perm, blk_cols = forward_plan(W, nblk)
     cdef int64_t n_chunks = (B + chunk - 1) // chunk
+    # the gather kernel walks plain CSR order (one block)
+    cdef int64_t nblk = 1 if path == 3 else forward_blocks(M, N, nnz, chunk, itemsize, n_chunks)
+    ptr, indices, perm, blk_cols = forward_plan(W, nblk)
     cdef int T = _threads_for(n_threads, B * (nnz + N))
     cdef int Tg = T if nnz >= _SERIAL_VALUES else 1
     # the values in the kernel's order: gathered (by the threads, in the
@@ -283,7 +327,6 @@ def linear_forward(X, W, bias=None, *, n_threads=None, out=None):
     cdef const char* Xp = _ptr(X2)
     cdef char* Yp = _ptr(Y)
     cdef char* sp = _ptr(buf)
-    cdef sp_linear_fwd_fn fn = K.fwd
     cdef int64_t t
     cdef int tid, nt
     cdef int team[1]

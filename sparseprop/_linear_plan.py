@@ -30,13 +30,23 @@ def force_forward_blocks(n):
     _forced_blocks = int(n)
 
 
-def forward_blocks(M, N, nnz, chunk, itemsize):
+# Fewest batch chunks for which the forward cuts W into column blocks: each
+# call with blocks first gathers W's values into the blocked order (a pass
+# over nnz), which a few chunks do not earn back (docs/tuning.md, "Forward
+# column blocks and small batches").
+BLOCK_MIN_CHUNKS = 16
+
+
+def forward_blocks(M, N, nnz, chunk, itemsize, n_chunks=BLOCK_MIN_CHUNKS):
     """How many column blocks the forward cuts W into.
 
     A block of X^T (its columns x the chunk's lanes) should stay in L1 while
     every row's entries of the block are walked, but each extra block costs a
     pass over the rows' partial sums: blocks of about 32 KiB, and only as
-    many as keep a row's entries per block at 16 or more on average.
+    many as keep a row's entries per block at 16 or more on average.  With
+    fewer than ``BLOCK_MIN_CHUNKS`` chunks in the call, one block: the
+    per-call gather of the values into the blocked order costs more than
+    blocking saves.
 
     Parameters
     ----------
@@ -48,6 +58,8 @@ def forward_blocks(M, N, nnz, chunk, itemsize):
         Batch rows of one forward kernel call.
     itemsize : int
         Bytes of one value.
+    n_chunks : int, optional
+        Chunks (kernel calls per output row) in the call.
 
     Returns
     -------
@@ -56,7 +68,7 @@ def forward_blocks(M, N, nnz, chunk, itemsize):
     """
     if _forced_blocks > 0:
         return _forced_blocks
-    if M <= 0 or N <= 0:
+    if M <= 0 or N <= 0 or n_chunks < BLOCK_MIN_CHUNKS:
         return 1
     by_cache = -(-(M * chunk * itemsize) // 32768)
     by_length = (nnz // N) // 16

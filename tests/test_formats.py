@@ -190,3 +190,22 @@ def test_nan_is_a_stored_value():
 def _literal(msg):
     import re
     return re.escape(msg)
+
+
+def test_same_contents_is_array_equal():
+    # the torch structure cache's per-call comparison (a memcmp when it can)
+    from sparseprop._formats import same_contents
+
+    a = np.arange(1000, dtype=np.int32)
+    assert same_contents(a, a.copy())
+    b = a.copy()
+    b[999] = -1
+    assert not same_contents(a, b)
+    b = a.copy()
+    b[0] = 7
+    assert not same_contents(a, b)
+    assert not same_contents(a, a[:999])                 # shape
+    assert same_contents(a.astype(np.int64), a)          # dtypes differ: array_equal
+    assert same_contents(a[::2], a[::2].copy())          # strided: array_equal
+    assert not same_contents(a[::2], a[1::2])
+    assert same_contents(np.zeros(0, np.int64), np.zeros(0, np.int64))

@@ -147,6 +147,128 @@ def test_forward_block_count_heuristic():
     # never more blocks than 16-column groups, never fewer than one
     assert _linear_plan.forward_blocks(20, 5, 100, 32, 8) == 1
     assert _linear_plan.forward_blocks(0, 5, 0, 32, 4) == 1
+    # a call of few chunks never blocks (the per-call value gather would not pay)
+    few = _linear_plan.BLOCK_MIN_CHUNKS - 1
+    assert _linear_plan.forward_blocks(768, 3072, 3072 * 768 // 5, 32, 4, few) == 1
+    assert _linear_plan.forward_blocks(768, 3072, 3072 * 768 // 5, 32, 4, few + 1) > 1
+
+
+# ---------------------------------------------------------------- small batches
+# Batches smaller than a chunk run other kernels: the row-wise gather forward
+# (batches up to _linear.GATHER_MAX_BATCH) and the lane kernel compiled for 1
+# and 2 vectors of lanes; these tests reach each of them under every ISA.
+
+SMALL_BATCHES = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64]
+
+
+def _ragged_weight(rng, n_out, n_in, dtype):
+    """Row i has min(i, n_in) entries: every tail of a gather (0, < 1 vector,
+    exactly 1 and 2 vectors, more) for every vector width."""
+    Wd = np.zeros((n_out, n_in), dtype=dtype)
+    for i in range(n_out):
+        cols = rng.choice(n_in, size=min(i, n_in), replace=False)
+        Wd[i, cols] = rng.standard_normal(cols.size)
+    return Wd
+
+
+@pytest.fixture
+def gather_max_batch():
+    """Set _linear.GATHER_MAX_BATCH (the batches that take the gather
+    forward); always reset afterwards."""
+    from sparseprop import _linear
+
+    old = _linear.GATHER_MAX_BATCH
+
+    def set_(n):
+        _linear.GATHER_MAX_BATCH = n
+
+    yield set_
+    _linear.GATHER_MAX_BATCH = old
+
+
+def test_forward_kernel_follows_the_batch():
+    from sparseprop import _linear
+
+    for dtype in DTYPES:
+        full = _linear.forward_path(100000, dtype)
+        assert full[0] == "full"
+        assert _linear.forward_path(1, dtype)[0] == "gather"
+        for B in range(1, full[1] + 1):
+            name, chunk = _linear.forward_path(B, dtype)
+            assert (name == "gather") == (B <= _linear.GATHER_MAX_BATCH)
+            assert name == "gather" or B <= chunk or name == "full"
+            if name != "gather":  # the narrowest chunk that holds the batch
+                assert chunk <= full[1]
+        assert _linear.forward_path(full[1] + 1, dtype) == full
+    if sp.config().get("bf16_linear"):
+        import ml_dtypes
+
+        name, _ = _linear.forward_path(1, np.float32, ml_dtypes.bfloat16)
+        assert name != "gather"  # no bfloat16 gather kernel
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("gather_upto", [None, 0, 4])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_small_batch_forward(dtype, gather_upto, n_threads, gather_max_batch, rng):
+    # None: the default rule; 0: never the gather kernel; 4: every row
+    # count of the gather kernel (1..4).
+    if gather_upto is not None:
+        gather_max_batch(gather_upto)
+    shapes = [(41, 40), (37, 100), (16, 17), (5, 1), (70, 33)]
+    for n_out, n_in in shapes:
+        Wd = _ragged_weight(rng, n_out, n_in, dtype) if n_out > 30 else \
+            random_sparse_dense(rng, (n_out, n_in), 0.6, dtype)
+        bias = rng.standard_normal(n_out).astype(dtype)
+        rtol, atol = tolerances(dtype, n_in)
+        for W in (sp.CSRMatrix.from_dense(Wd), sp.CSCMatrix.from_dense(Wd)):
+            for batch in SMALL_BATCHES:
+                X = rng.standard_normal((batch, n_in)).astype(dtype)
+                Yr = reference(X, Wd, None, bias)[0]
+                Y = sp.linear_forward(X, W, bias, n_threads=n_threads)
+                np.testing.assert_allclose(Y, Yr, rtol=rtol, atol=atol,
+                                           err_msg=f"batch {batch}, {n_out}x{n_in}")
+                Y0 = sp.linear_forward(X, W, n_threads=n_threads)
+                np.testing.assert_allclose(Y0, Yr - bias, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sparsity", [0.0, 0.9, 1.0])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_small_batch_paper_layer(dtype, sparsity, n_threads, rng):
+    # The paper's layer at the batches of the latency benchmark, enough work
+    # for two threads to split the output rows.
+    Wd = random_sparse_dense(rng, (3072, 768), sparsity, dtype)
+    W = sp.CSRMatrix.from_dense(Wd)
+    rtol, atol = tolerances(dtype, 768)
+    for batch in [1, 2, 3, 8, 17, 64]:
+        X = rng.standard_normal((batch, 768)).astype(dtype)
+        Y = sp.linear_forward(X, W, n_threads=n_threads)
+        np.testing.assert_allclose(Y, reference(X, Wd, None)[0], rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_small_batch_strided_read_only_and_out(dtype, gather_max_batch, rng):
+    gather_max_batch(4)
+    Wd = _ragged_weight(rng, 50, 45, dtype)
+    W = sp.CSRMatrix.from_dense(Wd)
+    rtol, atol = tolerances(dtype, 45)
+    for batch in [1, 2, 3, 4, 9, 33]:
+        big = rng.standard_normal((2 * batch, 3 * 45)).astype(dtype)
+        X = big[::2, 5:5 + 45]          # strided rows, offset start
+        X.flags.writeable = False
+        Yr = reference(np.ascontiguousarray(X), Wd, None)[0]
+        out = sp.empty_aligned((batch, 50), dtype)
+        Y = sp.linear_forward(X, W, out=out)
+        assert Y is out
+        np.testing.assert_allclose(out, Yr, rtol=rtol, atol=atol)
+        Xc = big[:batch, :45]  # column view of contiguous rows (row stride 135)
+        np.testing.assert_allclose(sp.linear_forward(Xc, W), reference(
+            np.ascontiguousarray(Xc), Wd, None)[0], rtol=rtol, atol=atol)
+    # a single vector (1-D input) is batch 1
+    x = rng.standard_normal(45).astype(dtype)
+    np.testing.assert_allclose(sp.linear_forward(x, W), reference(x[None], Wd, None)[0][0],
+                               rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("parts", [2, 3, 5, 8])

@@ -247,3 +247,30 @@ def test_converted_layers_keep_the_train_or_eval_mode():
     assert not any(m.training for m in fresh.modules())
     train = spt.sparsify(mlp(), autotune=False, min_sparsity=0.5)[0]
     assert all(m.training for m in train.modules())
+
+
+@pytest.mark.parametrize("context", CONTEXTS)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_small_batch_forward_matches_dense(context, n_threads):
+    # Issue 17 target 2: batches under a kernel chunk take the gather and the
+    # narrow lane kernels (float32 and float64); each must match F.linear.
+    from sparseprop import _linear
+
+    for dtype in (torch.float32, torch.float64):
+        dense = pruned(nn.Linear(70, 130, dtype=dtype), sparsity=0.9)
+        with torch.no_grad():
+            dense.weight[5] = 0  # an empty output row
+        layer = spt.SparseLinear.from_dense(dense)
+        layer.n_threads = n_threads
+        gen = torch.Generator().manual_seed(3)
+        paths = set()
+        with CONTEXTS[context]():
+            for batch in [1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 33, 64]:
+                x = torch.randn(batch, 70, generator=gen, dtype=dtype)
+                paths.add(_linear.forward_path(batch, layer.values.numpy().dtype)[0])
+                torch.testing.assert_close(layer(x), dense(x), rtol=1e-5, atol=1e-5)
+            x1 = torch.randn(70, generator=gen, dtype=dtype)  # unbatched
+            torch.testing.assert_close(layer(x1), dense(x1), rtol=1e-5, atol=1e-5)
+            xt = torch.randn(70, 3, generator=gen, dtype=dtype).t()  # non-contiguous
+            torch.testing.assert_close(layer(xt), dense(xt), rtol=1e-5, atol=1e-5)
+        assert "gather" in paths and len(paths) >= 2

@@ -13,6 +13,11 @@
  *                               reads past them)
  *   SP_FN(sp_vmstore)(p, mask, v)  stores only those lanes
  *   SP_FN(sp_transpose)         dst[c*ldd + r] = src[r*lds + c] (scalar, tiled)
+ *   SP_FN(sp_vgather)(b, idx)   lanes b[idx[0]], ..., b[idx[SP_VL - 1]] (int32
+ *                               indices; a hardware gather on x86)
+ *   SP_FN(sp_vmgather)(b, idx, m)  the first m lanes of that (0 < m <= SP_VL),
+ *                               zeros elsewhere; reads only idx[0..m) and the
+ *                               elements they name
  */
 
 /* ---- in-register transpose ---------------------------------------------- */
@@ -329,6 +334,70 @@ SP_ALWAYS_INLINE void SP_FN(sp_vmstore)(SP_T* p, SP_FN(sp_vmask_t) mask, SP_V v)
 }
 #undef SP_VMLOAD_
 #undef SP_VMSTORE_
+
+/* ---- gathers: b[idx[i]] for int32 indices ---------------------------------- */
+#if SP_CUR_ISA == SP_ISA_AVX512 && SP_VBITS == 512 && !SP_CUR_F64
+SP_ALWAYS_INLINE SP_V SP_FN(sp_vgather)(const SP_T* b, const int32_t* idx)
+{
+    return _mm512_i32gather_ps(_mm512_loadu_si512((const void*)idx), b, 4);
+}
+SP_ALWAYS_INLINE SP_V SP_FN(sp_vmgather)(const SP_T* b, const int32_t* idx, int64_t m)
+{
+    const __mmask16 k = (__mmask16)((1u << m) - 1u);
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, _mm512_maskz_loadu_epi32(k, idx), b, 4);
+}
+#elif SP_CUR_ISA == SP_ISA_AVX512 && SP_VBITS == 512
+SP_ALWAYS_INLINE SP_V SP_FN(sp_vgather)(const SP_T* b, const int32_t* idx)
+{
+    return _mm512_i32gather_pd(_mm256_loadu_si256((const __m256i*)idx), b, 8);
+}
+SP_ALWAYS_INLINE SP_V SP_FN(sp_vmgather)(const SP_T* b, const int32_t* idx, int64_t m)
+{
+    const __mmask8 k = (__mmask8)((1u << m) - 1u);
+    return _mm512_mask_i32gather_pd(_mm512_setzero_pd(), k, _mm256_maskz_loadu_epi32(k, idx), b, 8);
+}
+#elif (SP_CUR_ISA == SP_ISA_AVX512 || SP_CUR_ISA == SP_ISA_AVX2) && !SP_CUR_F64
+/* 256-bit vectors (avx2, avx512y): the AVX2 gathers with vector masks */
+SP_ALWAYS_INLINE SP_V SP_FN(sp_vgather)(const SP_T* b, const int32_t* idx)
+{
+    return _mm256_i32gather_ps(b, _mm256_loadu_si256((const __m256i*)idx), 4);
+}
+SP_ALWAYS_INLINE SP_V SP_FN(sp_vmgather)(const SP_T* b, const int32_t* idx, int64_t m)
+{
+    const __m256i k = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)m),
+                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), b, _mm256_maskload_epi32(idx, k),
+                                    _mm256_castsi256_ps(k), 4);
+}
+#elif SP_CUR_ISA == SP_ISA_AVX512 || SP_CUR_ISA == SP_ISA_AVX2
+SP_ALWAYS_INLINE SP_V SP_FN(sp_vgather)(const SP_T* b, const int32_t* idx)
+{
+    return _mm256_i32gather_pd(b, _mm_loadu_si128((const __m128i*)idx), 8);
+}
+SP_ALWAYS_INLINE SP_V SP_FN(sp_vmgather)(const SP_T* b, const int32_t* idx, int64_t m)
+{
+    const __m128i k = _mm_cmpgt_epi32(_mm_set1_epi32((int)m), _mm_setr_epi32(0, 1, 2, 3));
+    return _mm256_mask_i32gather_pd(_mm256_setzero_pd(), b, _mm_maskload_epi32(idx, k),
+                                    _mm256_castsi256_pd(_mm256_cvtepi32_epi64(k)), 8);
+}
+#else
+/* scalar, NEON: element by element through a small buffer */
+SP_ALWAYS_INLINE SP_V SP_FN(sp_vmgather)(const SP_T* b, const int32_t* idx, int64_t m)
+{
+    SP_T t[SP_VL];
+    for (int i = 0; i < SP_VL; i++)
+        t[i] = i < m ? b[idx[i]] : (SP_T)0;
+    return SP_VLOAD(t);
+}
+SP_ALWAYS_INLINE SP_V SP_FN(sp_vgather)(const SP_T* b, const int32_t* idx)
+{
+#if SP_VL == 1
+    return b[idx[0]];
+#else
+    return SP_FN(sp_vmgather)(b, idx, SP_VL);
+#endif
+}
+#endif
 
 /* ---- out-of-register transpose (the scalar paths') ------------------------ */
 #if !SP_CUR_BF16 /* the bfloat16 regions convert as they transpose (linear_impl.h) */

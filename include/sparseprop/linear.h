@@ -16,7 +16,11 @@
  *     blocks of columns, walked one after the other, so that the block of X^T
  *     a pass reads stays in L1; Y^T partial sums wait in scratch between
  *     passes.  Rows are finished SP_LINEAR_FWD_TILE at a time and transposed
- *     into Y.
+ *     into Y.  Batches smaller than a chunk run the same kernel compiled for
+ *     1 or 2 vectors of lanes (fwd_narrow), and batches of a row or two the
+ *     row-wise gather kernel (fwd_gather: for each output row, SP_VL of its
+ *     nonzeros at a time, the X entries they name gathered from X's rows);
+ *     the driver picks by batch size (sparseprop/_linear.pyx).
  *   - backward walks W by columns (a CSC copy of the structure, each column's
  *     list padded to a multiple of 8 with dummies that point at an all-zero
  *     row N of dY^T): X^T[m] and the dX^T[m] accumulator stay in registers for
@@ -94,7 +98,20 @@ typedef struct {
     sp_linear_bwd_fn bwd;
     int64_t fwd_chunk; /* batch rows per forward call  */
     int64_t bwd_chunk; /* batch rows per backward call */
+    /* the forward for batches smaller than a chunk: the same kernel
+     * compiled for 1 and 2 vectors of lanes (fwd_narrow_chunk[i] rows; equal
+     * to fwd_chunk where the full chunk is that narrow already) */
+    sp_linear_fwd_fn fwd_narrow[2];
+    int64_t fwd_narrow_chunk[2];
+    /* row-wise forward with gathers for 1..fwd_gather_rows batch rows (plain
+     * CSR order only); NULL and 0 in the bfloat16 tables */
+    sp_linear_fwd_fn fwd_gather;
+    int64_t fwd_gather_rows;
 } sp_linear_kernels;
+
+/* Batch rows the gather forward handles in one call (a fixed instantiation
+ * count, linear_impl.h: sp_linear_fwd_gather). */
+#define SP_LINEAR_GATHER_ROWS 4
 
 /* Output rows per forward tile (transposed into Y together). */
 #define SP_LINEAR_FWD_TILE 16
@@ -165,6 +182,12 @@ SP_INLINE void sp_linear_barrier(void)
         k.bwd = sp_linear_bwd_##dt##_##isa;                                        \
         k.fwd_chunk = sp_linear_fwd_chunk_##dt##_##isa();                          \
         k.bwd_chunk = sp_linear_bwd_chunk_##dt##_##isa();                          \
+        k.fwd_narrow[0] = sp_linear_fwd_cv1_##dt##_##isa;                          \
+        k.fwd_narrow[1] = sp_linear_fwd_cv2_##dt##_##isa;                          \
+        k.fwd_narrow_chunk[0] = sp_linear_fwd_chunk1_##dt##_##isa();               \
+        k.fwd_narrow_chunk[1] = sp_linear_fwd_chunk2_##dt##_##isa();               \
+        k.fwd_gather = sp_linear_fwd_gather_fn_##dt##_##isa();                     \
+        k.fwd_gather_rows = sp_linear_fwd_gather_rows_##dt##_##isa();              \
     } while (0)
 
 /* sp_linear_select(isa_level, is_f64): the kernels of an ISA level (already capped by

@@ -170,25 +170,36 @@ SP_ALWAYS_INLINE void SP_FN(sp_lin_from_lanes)(const SP_T* SP_RESTRICT src, int6
 
 /* ---- forward ------------------------------------------------------------- */
 
-/* Independent accumulator sets: enough FMA chains in flight to hide the FMA
- * latency when SP_CV is small. */
-#define SP_LIN_FSETS (SP_CV >= 3 ? 2 : 4 / SP_CV)
+/* The forward is compiled for cv = SP_CV vectors of batch lanes (the full
+ * chunk) and for the narrow chunks SP_LIN_CV1 and SP_LIN_CV2 (1 and 2
+ * vectors; a batch smaller than a chunk would leave lanes empty): cv is a
+ * literal at each instantiation, so the loops over it unroll and the
+ * accumulators stay in registers. */
+#define SP_LIN_CV1 1
+#define SP_LIN_CV2 (SP_CV >= 2 ? 2 : SP_CV)
 
-/* acc[k] += sum over p in [p, pe) of vals[p] * XT[indices[p]][k] */
+/* Independent accumulator sets: enough FMA chains in flight to hide the FMA
+ * latency when cv is small. */
+#define SP_LIN_FSETS(cv) ((cv) >= 3 ? 2 : 4 / (cv))
+#define SP_LIN_FSETS_MAX 4
+
+/* acc[k] += sum over p in [p, pe) of vals[p] * XT[indices[p]][k], k < cv */
 SP_ALWAYS_INLINE void SP_FN(sp_lin_fwd_seg)(SP_V* SP_RESTRICT acc, const SP_T* SP_RESTRICT XT,
                                             const int32_t* SP_RESTRICT indices,
                                             const SP_T* SP_RESTRICT vals, int64_t p,
-                                            const int64_t pe)
+                                            const int64_t pe, const int cv)
 {
-    SP_V part[SP_LIN_FSETS - 1][SP_CV];
-    for (int u = 0; u < SP_LIN_FSETS - 1; u++)
-        for (int k = 0; k < SP_CV; k++)
+    const int64_t bc = (int64_t)cv * SP_VL;
+    const int fs = SP_LIN_FSETS(cv);
+    SP_V part[SP_LIN_FSETS_MAX - 1][SP_CV];
+    for (int u = 0; u < fs - 1; u++)
+        for (int k = 0; k < cv; k++)
             part[u][k] = SP_VZERO();
-    for (; p + SP_LIN_FSETS <= pe; p += SP_LIN_FSETS) {
-        for (int u = 0; u < SP_LIN_FSETS; u++) {
-            const SP_T* x = XT + (int64_t)indices[p + u] * SP_BC;
+    for (; p + fs <= pe; p += fs) {
+        for (int u = 0; u < fs; u++) {
+            const SP_T* x = XT + (int64_t)indices[p + u] * bc;
             const SP_V w = SP_VSET1(vals[p + u]);
-            for (int k = 0; k < SP_CV; k++) {
+            for (int k = 0; k < cv; k++) {
                 if (u == 0)
                     acc[k] = SP_VFMA(w, SP_VLOAD(x + k * SP_VL), acc[k]);
                 else
@@ -197,17 +208,18 @@ SP_ALWAYS_INLINE void SP_FN(sp_lin_fwd_seg)(SP_V* SP_RESTRICT acc, const SP_T* S
         }
     }
     for (; p < pe; p++) {
-        const SP_T* x = XT + (int64_t)indices[p] * SP_BC;
+        const SP_T* x = XT + (int64_t)indices[p] * bc;
         const SP_V w = SP_VSET1(vals[p]);
-        for (int k = 0; k < SP_CV; k++)
+        for (int k = 0; k < cv; k++)
             acc[k] = SP_VFMA(w, SP_VLOAD(x + k * SP_VL), acc[k]);
     }
-    for (int u = 0; u < SP_LIN_FSETS - 1; u++)
-        for (int k = 0; k < SP_CV; k++)
+    for (int u = 0; u < fs - 1; u++)
+        for (int k = 0; k < cv; k++)
             acc[k] = SP_VADD(acc[k], part[u][k]);
 }
 
-static void SP_FN(sp_linear_fwd)(const sp_linear_fwd_args* a)
+/* One chunk of at most cv * SP_VL batch rows (see linear.h). */
+SP_ALWAYS_INLINE void SP_FN(sp_lin_fwd_body)(const sp_linear_fwd_args* a, const int cv)
 {
     const SP_IOT* SP_RESTRICT X = (const SP_IOT*)a->X;
     SP_IOT* SP_RESTRICT Y = (SP_IOT*)a->Y;
@@ -216,9 +228,10 @@ static void SP_FN(sp_linear_fwd)(const sp_linear_fwd_args* a)
     const int32_t* SP_RESTRICT indices = a->indices;
     const int64_t rows = a->rows, M = a->M, N = a->N, nblk = a->nblk;
     const int64_t rb = a->row_begin, re = a->row_end;
-    SP_T* SP_RESTRICT XT = (SP_T*)a->scratch;                 /* M x SP_BC    */
-    SP_T* SP_RESTRICT tile = XT + M * SP_BC;                  /* TILE x SP_BC */
-    SP_T* SP_RESTRICT YT = tile + SP_LINEAR_FWD_TILE * SP_BC; /* rows of Y^T  */
+    const int64_t bc = (int64_t)cv * SP_VL;
+    SP_T* SP_RESTRICT XT = (SP_T*)a->scratch;            /* M x bc    */
+    SP_T* SP_RESTRICT tile = XT + M * bc;                /* TILE x bc */
+    SP_T* SP_RESTRICT YT = tile + SP_LINEAR_FWD_TILE * bc; /* rows of Y^T */
 
     for (int64_t j = 0; j < nblk; j++) {
         const int64_t c0 = nblk > 1 ? a->blk_cols[j] : 0;
@@ -228,33 +241,135 @@ static void SP_FN(sp_linear_fwd)(const sp_linear_fwd_args* a)
         const int first = j == 0, last = j == nblk - 1;
         /* X chunk's columns [c0, c1) -> X^T block; XTb is indexed by the
          * global column */
-        SP_FN(sp_lin_to_lanes)(X + c0, a->ldx, rows, c1 - c0, XT, SP_CV);
-        const SP_T* XTb = XT - c0 * SP_BC;
+        SP_FN(sp_lin_to_lanes)(X + c0, a->ldx, rows, c1 - c0, XT, cv);
+        const SP_T* XTb = XT - c0 * bc;
 
         for (int64_t n0 = rb; n0 < re; n0 += SP_LINEAR_FWD_TILE) {
             const int64_t nb = SP_MIN((int64_t)SP_LINEAR_FWD_TILE, re - n0);
             for (int64_t i = 0; i < nb; i++) {
                 const int64_t n = n0 + i;
-                SP_T* yt = YT + (n - rb) * SP_BC;
+                SP_T* yt = YT + (n - rb) * bc;
                 SP_V acc[SP_CV];
                 if (first) {
                     const SP_V init = bias ? SP_VSET1(bias[n]) : SP_VZERO();
-                    for (int k = 0; k < SP_CV; k++)
+                    for (int k = 0; k < cv; k++)
                         acc[k] = init;
                 } else {
-                    for (int k = 0; k < SP_CV; k++)
+                    for (int k = 0; k < cv; k++)
                         acc[k] = SP_VLOAD(yt + k * SP_VL);
                 }
-                SP_FN(sp_lin_fwd_seg)(acc, XTb, indices, vals, beg[n], beg[n + 1]);
-                SP_T* dst = last ? tile + i * SP_BC : yt;
-                for (int k = 0; k < SP_CV; k++)
+                SP_FN(sp_lin_fwd_seg)(acc, XTb, indices, vals, beg[n], beg[n + 1], cv);
+                SP_T* dst = last ? tile + i * bc : yt;
+                for (int k = 0; k < cv; k++)
                     SP_VSTORE(dst + k * SP_VL, acc[k]);
             }
             if (last) /* tile (nb x lanes) -> Y[0:rows, n0:n0+nb] */
-                SP_FN(sp_lin_from_lanes)(tile, rows, nb, Y + n0, a->ldy, SP_CV);
+                SP_FN(sp_lin_from_lanes)(tile, rows, nb, Y + n0, a->ldy, cv);
         }
     }
 }
+
+static void SP_FN(sp_linear_fwd)(const sp_linear_fwd_args* a)
+{
+    SP_FN(sp_lin_fwd_body)(a, SP_CV);
+}
+static void SP_FN(sp_linear_fwd_cv1)(const sp_linear_fwd_args* a)
+{
+    SP_FN(sp_lin_fwd_body)(a, SP_LIN_CV1);
+}
+static void SP_FN(sp_linear_fwd_cv2)(const sp_linear_fwd_args* a)
+{
+    SP_FN(sp_lin_fwd_body)(a, SP_LIN_CV2);
+}
+SP_INLINE int64_t SP_FN(sp_linear_fwd_chunk1)(void) { return SP_LIN_CV1 * SP_VL; }
+SP_INLINE int64_t SP_FN(sp_linear_fwd_chunk2)(void) { return SP_LIN_CV2 * SP_VL; }
+
+/* ---- forward, a few batch rows: row-wise over CSR with gathers ------------
+ * For each output row n and each of the R (<= SP_LINEAR_GATHER_ROWS) batch
+ * rows, Y[r, n] = bias[n] + sum_p vals[p] * X[r, indices[p]]: SP_VL of row
+ * n's nonzeros at a time, their values loaded as a vector and the X entries
+ * they name gathered (X's rows stay in L1), two accumulators per batch row,
+ * one horizontal sum per output.  No batch-last buffers and no lanes left
+ * empty; W must be in plain CSR order (nblk == 1).  Not in the bfloat16
+ * regions (those use the lane kernels at every batch). */
+#if !SP_CUR_BF16
+#ifdef SP_LINEAR_GATHER_PREFETCH
+#define SP_LIN_GATHER_PF SP_LINEAR_GATHER_PREFETCH
+#else
+#define SP_LIN_GATHER_PF 256 /* elements ahead; 0: none */
+#endif
+SP_ALWAYS_INLINE void SP_FN(sp_lin_gather_body)(const sp_linear_fwd_args* a, const int R)
+{
+    const SP_T* SP_RESTRICT X = (const SP_T*)a->X;
+    SP_T* SP_RESTRICT Y = (SP_T*)a->Y;
+    const SP_T* SP_RESTRICT vals = (const SP_T*)a->vals;
+    const SP_T* SP_RESTRICT bias = (const SP_T*)a->bias;
+    const int32_t* SP_RESTRICT indices = a->indices;
+    const int64_t* SP_RESTRICT ptr = a->ptr;
+    const int64_t ldx = a->ldx, ldy = a->ldy;
+
+    for (int64_t n = a->row_begin; n < a->row_end; n++) {
+        SP_V acc[SP_LINEAR_GATHER_ROWS][2];
+        for (int r = 0; r < R; r++)
+            acc[r][0] = acc[r][1] = SP_VZERO();
+        int64_t p = ptr[n];
+        const int64_t pe = ptr[n + 1];
+        /* W streams from L3 or memory when other layers ran in between:
+         * the next rows' values and indices, ahead of the hardware's
+         * prefetcher (docs/tuning.md) */
+        if (SP_LIN_GATHER_PF > 0) {
+            const int64_t q = SP_MIN(pe + SP_LIN_GATHER_PF, ptr[a->row_end]);
+            for (int64_t o = p + SP_LIN_GATHER_PF; o < q; o += 64 / (int64_t)sizeof(SP_T)) {
+                __builtin_prefetch(vals + o);
+                __builtin_prefetch(indices + o);
+            }
+        }
+        for (; p + 2 * SP_VL <= pe; p += 2 * SP_VL) {
+            for (int u = 0; u < 2; u++) {
+                const SP_V w = SP_VLOAD(vals + p + u * SP_VL);
+                for (int r = 0; r < R; r++)
+                    acc[r][u] = SP_VFMA(w, SP_FN(sp_vgather)(X + r * ldx, indices + p + u * SP_VL),
+                                        acc[r][u]);
+            }
+        }
+        if (p + SP_VL <= pe) {
+            const SP_V w = SP_VLOAD(vals + p);
+            for (int r = 0; r < R; r++)
+                acc[r][0] = SP_VFMA(w, SP_FN(sp_vgather)(X + r * ldx, indices + p), acc[r][0]);
+            p += SP_VL;
+        }
+        if (p < pe) { /* fewer than SP_VL left: masked */
+            const SP_V w = SP_FN(sp_vmload)(vals + p, SP_FN(sp_vmask)(pe - p));
+            for (int r = 0; r < R; r++)
+                acc[r][1] = SP_VFMA(w, SP_FN(sp_vmgather)(X + r * ldx, indices + p, pe - p),
+                                    acc[r][1]);
+        }
+        const SP_T b = bias ? bias[n] : (SP_T)0;
+        for (int r = 0; r < R; r++)
+            Y[r * ldy + n] = b + SP_FN(sp_vhsum)(SP_VADD(acc[r][0], acc[r][1]));
+    }
+}
+
+static void SP_FN(sp_linear_fwd_gather)(const sp_linear_fwd_args* a)
+{
+    switch (a->rows) {
+    case 1: SP_FN(sp_lin_gather_body)(a, 1); break;
+    case 2: SP_FN(sp_lin_gather_body)(a, 2); break;
+    case 3: SP_FN(sp_lin_gather_body)(a, 3); break;
+    default: SP_FN(sp_lin_gather_body)(a, SP_LINEAR_GATHER_ROWS); break;
+    }
+}
+#define SP_LIN_GATHER_FN SP_FN(sp_linear_fwd_gather)
+#define SP_LIN_GATHER_ROWS SP_LINEAR_GATHER_ROWS
+#else
+#define SP_LIN_GATHER_FN NULL
+#define SP_LIN_GATHER_ROWS 0
+#endif
+SP_INLINE sp_linear_fwd_fn SP_FN(sp_linear_fwd_gather_fn)(void) { return SP_LIN_GATHER_FN; }
+SP_INLINE int64_t SP_FN(sp_linear_fwd_gather_rows)(void) { return SP_LIN_GATHER_ROWS; }
+#undef SP_LIN_GATHER_FN
+#undef SP_LIN_GATHER_ROWS
+#undef SP_LIN_GATHER_PF
 
 /* ---- backward ------------------------------------------------------------ */
 
@@ -381,6 +496,9 @@ static void SP_FN(sp_linear_bwd)(const sp_linear_bwd_args* a)
 #undef SP_LIN_DXSETS
 #undef SP_LIN_HAVE_TR
 #undef SP_LIN_FSETS
+#undef SP_LIN_FSETS_MAX
+#undef SP_LIN_CV1
+#undef SP_LIN_CV2
 #undef SP_BC
 #undef SP_BCB
 #undef SP_CV

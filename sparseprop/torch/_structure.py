@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 import sparseprop
+from sparseprop._formats import same_contents
 
 _MAX_ENTRIES = 4096
 
@@ -96,7 +97,7 @@ class StructureCache:
             # compared on hits too: writes through .data or a NumPy view (and any
             # write to an inference tensor) change the contents without _version
             ref_ptr, ref_idx = entry.matrix._sp_structure
-            if np.array_equal(ref_ptr, ptr_np) and np.array_equal(ref_idx, idx_np):
+            if same_contents(ref_ptr, ptr_np) and same_contents(ref_idx, idx_np):
                 if not same:
                     self._store(key, entry.matrix, indptr, indices, versions)
                 return entry.matrix
