@@ -4,6 +4,9 @@
     python benchmarks/run_all.py --quick         # fewer sparsities and rounds
     python benchmarks/run_all.py --skip-e2e      # layer sweeps only
     python benchmarks/run_all.py --plots-only    # redraw from the JSON already in results/
+    python benchmarks/as_isa.py avx2 benchmarks/run_all.py --tag avx2
+                                                 # the same as an AVX2-only CPU would run it:
+                                                 # *_avx2.json/.md/.png, README's *_AVX2 blocks
 
 What it runs (all in this checkout's installed sparseprop, torch as the dense baseline):
 
@@ -43,6 +46,19 @@ import bench_linear  # noqa: E402
 from _common import RESULTS, machine_info  # noqa: E402
 
 FULL_SPARSITIES = [0.8, 0.9, 0.95, 0.97, 0.98, 0.99]
+
+#: Set by ``--tag``: appended to every file written under results/ and to the
+#: README block names, so a run on another CPU or ISA (e.g. under
+#: ``benchmarks/as_isa.py avx2``) keeps its own tables beside the others.
+TAG = ""
+
+
+def _tagged(name):
+    """results/ file name or README block name with this run's tag."""
+    if not TAG:
+        return name
+    stem, dot, ext = name.partition(".")
+    return f"{stem}_{TAG}{dot}{ext}" if dot else f"{name}_{TAG.upper()}"
 QUICK_SPARSITIES = [0.8, 0.9, 0.95, 0.99]
 
 
@@ -55,16 +71,16 @@ def run_layers(threads, sparsities, repeats_linear, repeats_conv, conv_layers):
     print(bench_linear.HEADER)
     lin = bench_linear.run(threads, sparsities, repeats=repeats_linear)
     info["loadavg_1min_after_linear"] = machine_info()["loadavg_1min"]
-    _write("linear_sweep.json", {"machine": info, "rows": lin})
+    _write(_tagged("linear_sweep.json"), {"machine": info, "rows": lin})
     print(bench_conv.HEADER)
     conv = bench_conv.run(threads, conv_layers, sparsities,
                           ["batch_last", "over_width", "auto"], repeats=repeats_conv)
     info["loadavg_1min_end"] = machine_info()["loadavg_1min"]
-    _write("conv_sweep.json", {"machine": info, "rows": conv})
+    _write(_tagged("conv_sweep.json"), {"machine": info, "rows": conv})
 
 
 def run_e2e(threads, full, extra):
-    out = RESULTS / "e2e.json"
+    out = RESULTS / _tagged("e2e.json")
     # --profile: where one step's time goes (sparse kernels vs the rest), for the table
     cmd = [sys.executable, str(ROOT / "examples" / "paper_speed.py"), "--threads",
            *map(str, threads), "--profile", "--json", str(out)]
@@ -91,8 +107,11 @@ def _machine_line(info):
     end = info.get("loadavg_1min_end")
     if end is not None:
         load += f"-{end:.1f}"
-    return (f"{info['cpu']}, {info['cores']} cores, ISA {info['isa']}, torch {info.get('torch')},"
-            f" 1-min load {load}")
+    caps = info.get("dense_isa_caps")
+    dense = (f" (dense torch capped at {caps.get('MKL_ENABLE_INSTRUCTIONS', '?')} by "
+             "benchmarks/as_isa.py)" if caps else "")
+    return (f"{info['cpu']}, {info['cores']} cores, ISA {info['isa']}{dense}, "
+            f"torch {info.get('torch')}, 1-min load {load}")
 
 
 def plot_sweep(rows, title, path, label_of=lambda r: "sparseprop"):
@@ -270,6 +289,12 @@ def update_readme(block, text):
     print(f"# updated the {block} block of {readme}")
 
 
+def _caps_note(e2e):
+    caps = e2e.get("dense_isa_caps")
+    return (f" (dense torch capped at {caps.get('MKL_ENABLE_INSTRUCTIONS', '?')})"
+            if caps else "")
+
+
 def e2e_markdown(e2e):
     sys.path.insert(0, str(ROOT / "examples"))
     import paper_speed
@@ -285,7 +310,8 @@ def e2e_markdown(e2e):
     else:
         how = "medians of interleaved steps"
     head = (f"End-to-end training step, {e2e.get('cpu', 'CPU')}, {e2e.get('cores')} cores, "
-            f"ISA {e2e.get('isa')}, torch {e2e.get('torch')}{load}; speedup = dense step "
+            f"ISA {e2e.get('isa')}{_caps_note(e2e)}, torch {e2e.get('torch')}{load}; "
+            "speedup = dense step "
             f"time / sparse step time ({how}, same run); peak = "
             "resident-set high-water mark of one step in a fresh process.\n\n")
     out = head + paper_speed.markdown_table(e2e["rows"]) + "\n"
@@ -307,10 +333,11 @@ def e2e_markdown(e2e):
 
 
 def make_plots():
-    lin, conv, e2e = _read("linear_sweep.json"), _read("conv_sweep.json"), _read("e2e.json")
+    lin, conv = _read(_tagged("linear_sweep.json")), _read(_tagged("conv_sweep.json"))
+    e2e = _read(_tagged("e2e.json"))
     if lin:
         plot_sweep(lin["rows"], "Sparse linear 3072x768, batch 902 (float32) - "
-                   + _machine_line(lin["machine"]), RESULTS / "linear.png")
+                   + _machine_line(lin["machine"]), RESULTS / _tagged("linear.png"))
     if conv:
         for layer in dict.fromkeys(r["layer"] for r in conv["rows"]):
             rows = [r for r in conv["rows"] if r["layer"] == layer]
@@ -318,19 +345,19 @@ def make_plots():
             title = (f"Sparse conv {'x'.join(map(str, r0['weight']))} on "
                      f"{'x'.join(map(str, r0['input']))}, stride {r0['stride']} - "
                      + _machine_line(conv["machine"]))
-            plot_sweep(rows, title, RESULTS / f"conv_{layer}.png",
+            plot_sweep(rows, title, RESULTS / _tagged(f"conv_{layer}.png"),
                        label_of=lambda r: r["algorithm"])
     if lin or conv:
-        (RESULTS / "layers.md").write_text(layers_markdown(lin, conv))
-        print(f"# wrote {RESULTS / 'layers.md'}")
+        (RESULTS / _tagged("layers.md")).write_text(layers_markdown(lin, conv))
+        print(f"# wrote {RESULTS / _tagged('layers.md')}")
     if lin:
-        update_readme("LINEAR", linear_markdown(lin))
+        update_readme(_tagged("LINEAR"), linear_markdown(lin))
     if conv:
-        update_readme("CONV", conv_summary_markdown(conv))
+        update_readme(_tagged("CONV"), conv_summary_markdown(conv))
     if e2e:
-        (RESULTS / "e2e.md").write_text(e2e_markdown(e2e))
-        print(f"# wrote {RESULTS / 'e2e.md'}")
-        update_readme("E2E", e2e_markdown(e2e))
+        (RESULTS / _tagged("e2e.md")).write_text(e2e_markdown(e2e))
+        print(f"# wrote {RESULTS / _tagged('e2e.md')}")
+        update_readme(_tagged("E2E"), e2e_markdown(e2e))
 
 
 def main(argv=None):
@@ -344,7 +371,11 @@ def main(argv=None):
     p.add_argument("--conv-layers", nargs="+", default=list(bench_conv.LAYERS),
                    choices=list(bench_conv.LAYERS))
     p.add_argument("--plots-only", action="store_true", help="redraw from results/*.json")
+    p.add_argument("--tag", default="",
+                   help="suffix of every results/ file and README block (e.g. avx2)")
     args, extra = p.parse_known_args(argv)
+    global TAG
+    TAG = args.tag
     if not args.plots_only:
         if not args.skip_layers:
             sp = QUICK_SPARSITIES if args.quick else FULL_SPARSITIES

@@ -485,6 +485,10 @@ def main(argv=None):
         Path(args.json).write_text(json.dumps({
             "isa": cfg["isa"], "torch": torch.__version__, "cores": os.cpu_count(),
             "cpu": cfg["cpu"], "loadavg_1min_start": load_start,
+            # caps on dense torch's ISA (benchmarks/as_isa.py), if any
+            **({"dense_isa_caps": caps} if (caps := {
+                k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
+                                           "ONEDNN_MAX_CPU_ISA") if k in os.environ}) else {}),
             "loadavg_1min_end": round(os.getloadavg()[0], 2),
             "timing": {"block": args.block, "warmup_blocks": args.warmup,
                        "timed_steps": args.steps}, "rows": results}, indent=1))
