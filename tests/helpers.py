@@ -58,7 +58,7 @@ def conv2d_paddings(padding, kernel, dilation):
     if padding == "valid":
         return (0, 0), (0, 0)
     if padding == "same":
-        total = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        total = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
         return tuple((t // 2, t - t // 2) for t in total)
     return tuple((p, p) for p in _pair(padding))
 

@@ -174,7 +174,9 @@ def test_example_sparse_transfer_bert(tmp_path, schedule):
     out = _run([str(EXAMPLES / "sparse_transfer_bert.py"), "--train-size", "32",
                 "--test-size", "16", "--batch-size", "16", "--max-length", "16",
                 "--schedule", schedule, "--prune-every", "1",
-                "--no-autotune", "--no-progress", "--threads", "1"], tmp_path)
+                "--no-autotune", "--no-progress", "--threads", "1"]
+               + (["--export", str(tmp_path / "sparse.pt2")] if schedule == "gradual" else []),
+               tmp_path)
     if schedule == "one-shot":
         assert "sparsify made 36 of them sparse" in out, out
     else:  # the ramp ended at 80% and every layer was converted
@@ -183,6 +185,10 @@ def test_example_sparse_transfer_bert(tmp_path, schedule):
     assert re.search(rf"test accuracy\s+dense [\d.]+%\s+sparse .*{schedule}\) [\d.]+%", out)
     assert re.search(r"training step .* speedup [\d.]+x", out)
     assert re.search(r"inference .* speedup [\d.]+x", out)
+    if schedule == "gradual":  # exported, loaded back, checked, timed
+        assert (tmp_path / "sparse.pt2").stat().st_size > 0
+        assert re.search(r"exported .*logits within [\d.e+-]+ of the eager model", out), out
+        assert re.search(r"exported sparse [\d.]+ ms\s+speedup [\d.]+x", out), out
 
 
 def test_example_paper_speed(tmp_path):
