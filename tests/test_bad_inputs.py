@@ -313,7 +313,7 @@ ROWS = [
         ValueError, "X has shape (2, 8)", "expects (..., 9)", "(2, 8)", crash=True),
     Row("op-grad-output-float64", "ops.linear_backward(x, v, p, i, 8, torch.ones(2, 4, "
         "dtype=torch.float64), True, 1)", TypeError, "grad_output",
-        "torch.float32", "torch.float64", crash=True),
+        "but the input has dtype torch.float32", "torch.float64", crash=True),
     Row("op-bias-float64", "ops.linear(x, v, p, i, 8, torch.ones(4, dtype=torch.float64), 1)",
         TypeError, "bias", "torch.float32", "torch.float64", crash=True),
     Row("op-mixed-devices", "ops.linear(x, v, p, i.to('meta'), 8, None, 1)",

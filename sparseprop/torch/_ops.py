@@ -108,7 +108,7 @@ def check_conv_input(x):
                          f"the batch axis of a 3-D input); got shape {tuple(x.shape)}")
 
 
-def check_tensor(t, name, dtype=None):
+def check_tensor(t, name, dtype=None, dtype_of="the sparse weight"):
     """A clear error for tensors the CPU kernels cannot take (no silent copies)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
@@ -128,7 +128,7 @@ def check_tensor(t, name, dtype=None):
                             f"layer; float16 under torch.autocast); got {t.dtype}")
     elif t.dtype != dtype:
         raise TypeError(
-            f"{name} has dtype {t.dtype} but the sparse weight has dtype {dtype}; "
+            f"{name} has dtype {t.dtype} but {dtype_of} has dtype {dtype}; "
             f"convert one of them (e.g. {name}.to({dtype}))"
         )
 
@@ -224,7 +224,7 @@ def _linear_backward_impl(x, values, indptr, indices, in_features, grad_output,
                           need_input_grad, n_threads):
     _check_structure_args(values, indptr, indices)
     check_activation(x, "input", values.dtype)
-    check_tensor(grad_output, "grad_output", x.dtype)
+    check_tensor(grad_output, "grad_output", x.dtype, "the input")
     W = _csr(values, indptr, indices, (indptr.shape[0] - 1, in_features), for_backward=True)
     dX, dW = sparseprop.linear_backward(_np(x), W, _np(grad_output), bool(need_input_grad),
                                         n_threads=_resolve_threads(n_threads))
@@ -375,7 +375,7 @@ def _conv2d_backward_impl(x, values, indptr, indices, weight_shape, grad_output,
                           padding, dilation, groups, need_input_grad, algorithm, n_threads):
     _check_structure_args(values, indptr, indices)
     check_activation(x, "input", values.dtype)
-    check_tensor(grad_output, "grad_output", x.dtype)
+    check_tensor(grad_output, "grad_output", x.dtype, "the input")
     check_conv_input(x)
     W = _conv_weight(values, indptr, indices, weight_shape, for_backward=True)
     dX, dW = sparseprop.conv2d_backward(
