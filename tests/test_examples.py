@@ -262,6 +262,52 @@ def test_example_paper_speed(tmp_path):
     assert "| resnet18 | 2 | 1 | 95% |" in out
 
 
+def _import_paper_speed():
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import paper_speed
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    return paper_speed
+
+
+def test_example_paper_speed_autocast_bf16(tmp_path):
+    path = tmp_path / "e2e.json"
+    out = _run([str(EXAMPLES / "paper_speed.py"), "--models", "resnet18", "--image-size", "32",
+                "--batch", "2", "--steps", "1", "--warmup", "0", "--block", "1", "--threads",
+                "1", "--no-autotune", "--no-memory", "--autocast", "bf16", "--json", str(path)],
+               tmp_path)
+    assert "autocast bf16" in out.splitlines()[0]
+    (row,) = json.loads(path.read_text())["rows"]
+    assert row["autocast"] == "bf16" and row["sparse_layers"] == 16
+    assert "| resnet18 | 2 | 1 | 95% | bf16 | 16/16 |" in out
+
+
+@pytest.mark.parametrize("mode, expect", [("off", torch.float32), ("bf16", torch.bfloat16)])
+def test_paper_speed_loss_runs_under_autocast(mode, expect):
+    # the loss function that every timed step calls: the sparse layers (and the
+    # dense ones) see the autocast; the weights stay float32
+    import sparseprop.torch as spt
+
+    paper_speed = _import_paper_speed()
+    model, make_batch, _, loss_fn, names = paper_speed.build(
+        "resnet18", image_size=32, autocast=mode)
+    sparse, report = paper_speed.make_sparse(model, names, 0.95, None, False)
+    seen = []
+    for m in sparse.modules():
+        if isinstance(m, (spt.SparseConv2d, torch.nn.Linear)):
+            m.register_forward_hook(lambda mod, i, o: seen.append((type(mod).__name__, o.dtype)))
+    inputs, y = make_batch(2, torch.Generator().manual_seed(0))
+    loss = loss_fn(sparse, inputs, y)
+    loss.backward()
+    assert len(report.converted) == 16
+    assert {d for _, d in seen} == {expect} and {k for k, _ in seen} == {"SparseConv2d", "Linear"}
+    assert all(p.dtype == torch.float32 and (p.grad is None or p.grad.dtype == torch.float32)
+               for p in sparse.parameters())
+    with pytest.raises(ValueError, match="autocast must be"):
+        paper_speed.with_autocast(loss_fn, "fp16")
+
+
 def test_interleaved_times_warms_up_and_times_round_by_round(monkeypatch):
     # Warm-up rounds run interleaved like the timed ones (dense and sparse see
     # the same allocator and machine state), and only the timed rounds count.
@@ -289,11 +335,7 @@ def test_paper_speed_times_steps_in_blocks(monkeypatch, block, steps, warmup):
     # step replaced by fakes: models take turns in blocks of `block` steps,
     # the first step of a block is never timed (unless block == 1), `warmup`
     # blocks per model come first, and exactly `steps` steps are timed.
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        import paper_speed
-    finally:
-        sys.path.remove(str(EXAMPLES))
+    paper_speed = _import_paper_speed()
     calls = []
 
     class Model:
