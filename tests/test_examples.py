@@ -60,6 +60,45 @@ def test_demo_cli(tmp_path):
     assert "4 SparseConv2d layer(s)" in out
     assert "epoch 3/3 [sparse]" in out  # the plain per-epoch lines without a progress bar
     assert _is_png(plot)
+    # without --autocast every conv output is float32
+    dtypes = re.search(r"^conv outputs\s+(.*?)\s+\(layer forwards", out, flags=re.M)
+    assert dtypes and re.search(r"SparseConv2d float32 x\d+", dtypes.group(1)), out
+    assert "bfloat16" not in dtypes.group(1)
+
+
+def test_demo_cli_autocast_bf16(tmp_path):
+    # --autocast bf16: both models train and are evaluated under bf16 autocast;
+    # the printed dtype counts show the sparse (and dense) convs returned bfloat16
+    need_mnist()
+    out = _run(["-m", "sparseprop", "demo", *TINY_DEMO, "--no-autotune", "--plot", "",
+                "--autocast", "bf16"], tmp_path)
+    assert "autocast bf16" in out.splitlines()[0]
+    assert re.search(r"test accuracy\s+dense [\d.]+%\s+sparse [\d.]+%", out), out
+    dtypes = re.search(r"^conv outputs\s+(.*?)\s+\(layer forwards", out, flags=re.M)
+    assert dtypes, out
+    assert re.search(r"SparseConv2d bfloat16 x\d+", dtypes.group(1)), out
+    assert re.search(r"Conv2d bfloat16 x\d+", dtypes.group(1)), out
+    assert "float32" not in dtypes.group(1), out
+
+
+def test_demo_autocast_bf16_keeps_float32_master_weights():
+    need_mnist()
+    import sparseprop.torch as spt
+    from sparseprop import _demo
+
+    r = _demo.run_demo(threads=1, train_size=96, test_size=32, width=4, batch_size=32,
+                       epochs=3, autotune=False, plot=None, progress=False, autocast="bf16",
+                       log=lambda s: None)
+    assert r["autocast"] == "bf16"
+    kinds = {kind for kind, _ in r["output_dtypes"]}
+    assert kinds == {"Conv2d", "SparseConv2d"}
+    assert {dtype for _, dtype in r["output_dtypes"]} == {"bfloat16"}
+    # 4 SparseConv2d (from epoch 3 on) x (3 training steps + 1 evaluation batch):
+    # each forward counted once, none missed
+    assert r["output_dtypes"][("SparseConv2d", "bfloat16")] == 4 * (3 + 1)
+    for net in (r["model"], r["dense_model"]):
+        assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert sum(isinstance(m, spt.SparseConv2d) for m in r["model"].modules()) == 4
 
 
 def test_demo_trains_a_really_sparse_model():
@@ -124,7 +163,7 @@ def test_demo_rejects_a_schedule_without_a_sparse_phase():
 
 
 @pytest.mark.parametrize("bad", [{"threads": 0}, {"batch_size": -1}, {"width": 2.5},
-                                 {"sparsity": 1.0}])
+                                 {"sparsity": 1.0}, {"autocast": "fp16"}])
 def test_demo_rejects_bad_settings(bad):
     from sparseprop import _demo
 
@@ -164,6 +203,20 @@ def test_example_sparse_from_scratch(tmp_path):
     uniform = re.search(r"^uniform\s+[\d.]+%\s+([\d.]+)%\s+(\d+)", out, flags=re.M)
     assert uniform and float(uniform.group(1)) == pytest.approx(90, abs=0.5), out
     assert int(uniform.group(2)) > 0  # layers really run sparse
+    assert re.search(r"^uniform .* float32$", out, flags=re.M), out  # no --autocast
+
+
+def test_example_sparse_from_scratch_autocast_bf16(tmp_path):
+    need_mnist()
+    out = _run([str(EXAMPLES / "sparse_from_scratch.py"), "--epochs", "3", "--dense-epochs",
+                "1", "--finetune-epochs", "1", "--train-size", "32", "--test-size", "16",
+                "--batch-size", "16", "--threads", "1", "--runs", "uniform",
+                "--autocast", "bf16"], tmp_path)
+    assert "autocast bf16" in out.splitlines()[0]
+    row = re.search(r"^uniform\s+([\d.]+)%\s+[\d.]+%\s+(\d+) .*  (\S+)$", out, flags=re.M)
+    assert row, out
+    assert int(row.group(2)) > 0
+    assert row.group(3) == "bfloat16", out  # the SparseConv2d outputs under autocast
 
 
 @pytest.mark.parametrize("schedule", ["gradual", "one-shot"])
@@ -215,6 +268,52 @@ def test_example_paper_speed(tmp_path):
     assert "| resnet18 | 2 | 1 | 95% |" in out
 
 
+def _import_paper_speed():
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import paper_speed
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    return paper_speed
+
+
+def test_example_paper_speed_autocast_bf16(tmp_path):
+    path = tmp_path / "e2e.json"
+    out = _run([str(EXAMPLES / "paper_speed.py"), "--models", "resnet18", "--image-size", "32",
+                "--batch", "2", "--steps", "1", "--warmup", "0", "--block", "1", "--threads",
+                "1", "--no-autotune", "--no-memory", "--autocast", "bf16", "--json", str(path)],
+               tmp_path)
+    assert "autocast bf16" in out.splitlines()[0]
+    (row,) = json.loads(path.read_text())["rows"]
+    assert row["autocast"] == "bf16" and row["sparse_layers"] == 16
+    assert "| resnet18 | 2 | 1 | 95% | bf16 | 16/16 |" in out
+
+
+@pytest.mark.parametrize("mode, expect", [("off", torch.float32), ("bf16", torch.bfloat16)])
+def test_paper_speed_loss_runs_under_autocast(mode, expect):
+    # the loss function that every timed step calls: the sparse layers (and the
+    # dense ones) see the autocast; the weights stay float32
+    import sparseprop.torch as spt
+
+    paper_speed = _import_paper_speed()
+    model, make_batch, _, loss_fn, names = paper_speed.build(
+        "resnet18", image_size=32, autocast=mode)
+    sparse, report = paper_speed.make_sparse(model, names, 0.95, None, False)
+    seen = []
+    for m in sparse.modules():
+        if isinstance(m, (spt.SparseConv2d, torch.nn.Linear)):
+            m.register_forward_hook(lambda mod, i, o: seen.append((type(mod).__name__, o.dtype)))
+    inputs, y = make_batch(2, torch.Generator().manual_seed(0))
+    loss = loss_fn(sparse, inputs, y)
+    loss.backward()
+    assert len(report.converted) == 16
+    assert {d for _, d in seen} == {expect} and {k for k, _ in seen} == {"SparseConv2d", "Linear"}
+    assert all(p.dtype == torch.float32 and (p.grad is None or p.grad.dtype == torch.float32)
+               for p in sparse.parameters())
+    with pytest.raises(ValueError, match="autocast must be"):
+        paper_speed.with_autocast(loss_fn, "fp16")
+
+
 def test_interleaved_times_warms_up_and_times_round_by_round(monkeypatch):
     # Warm-up rounds run interleaved like the timed ones (dense and sparse see
     # the same allocator and machine state), and only the timed rounds count.
@@ -242,11 +341,7 @@ def test_paper_speed_times_steps_in_blocks(monkeypatch, block, steps, warmup):
     # step replaced by fakes: models take turns in blocks of `block` steps,
     # the first step of a block is never timed (unless block == 1), `warmup`
     # blocks per model come first, and exactly `steps` steps are timed.
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        import paper_speed
-    finally:
-        sys.path.remove(str(EXAMPLES))
+    paper_speed = _import_paper_speed()
     calls = []
 
     class Model:
