@@ -6,7 +6,8 @@
     python benchmarks/run_all.py --plots-only    # redraw from the JSON already in results/
     python benchmarks/as_isa.py avx2 benchmarks/run_all.py --tag avx2
                                                  # the same as an AVX2-only CPU would run it:
-                                                 # *_avx2.json/.md/.png, README's *_AVX2 blocks
+                                                 # *_avx2.json/.md/.png, and README blocks
+                                                 # named *_AVX2 where the README has them
 
 What it runs (all in this checkout's installed sparseprop, torch as the dense baseline):
 
@@ -101,16 +102,20 @@ def _read(name):
 
 # ---------------------------------------------------------------- plots and tables
 
+def _caps_note(info):
+    """' (dense torch capped at AVX2 by benchmarks/as_isa.py)' when it was."""
+    caps = info.get("dense_isa_caps")
+    return (f" (dense torch capped at {caps.get('MKL_ENABLE_INSTRUCTIONS', '?')} by "
+            "benchmarks/as_isa.py)" if caps else "")
+
+
 def _machine_line(info):
     load = info.get("loadavg_1min")
     load = "?" if load is None else f"{load:.1f}"
     end = info.get("loadavg_1min_end")
     if end is not None:
         load += f"-{end:.1f}"
-    caps = info.get("dense_isa_caps")
-    dense = (f" (dense torch capped at {caps.get('MKL_ENABLE_INSTRUCTIONS', '?')} by "
-             "benchmarks/as_isa.py)" if caps else "")
-    return (f"{info['cpu']}, {info['cores']} cores, ISA {info['isa']}{dense}, "
+    return (f"{info['cpu']}, {info['cores']} cores, ISA {info['isa']}{_caps_note(info)}, "
             f"torch {info.get('torch')}, 1-min load {load}")
 
 
@@ -287,12 +292,6 @@ def update_readme(block, text):
         return
     readme.write_text(src[:i + len(start)] + text + src[j:])
     print(f"# updated the {block} block of {readme}")
-
-
-def _caps_note(e2e):
-    caps = e2e.get("dense_isa_caps")
-    return (f" (dense torch capped at {caps.get('MKL_ENABLE_INSTRUCTIONS', '?')})"
-            if caps else "")
 
 
 def e2e_markdown(e2e):

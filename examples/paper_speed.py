@@ -76,6 +76,7 @@ from torch import nn
 
 import sparseprop
 import sparseprop.torch as spt
+from sparseprop._bench import dense_isa_caps
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -520,9 +521,7 @@ def main(argv=None):
             "isa": cfg["isa"], "torch": torch.__version__, "cores": os.cpu_count(),
             "cpu": cfg["cpu"], "loadavg_1min_start": load_start,
             # caps on dense torch's ISA (benchmarks/as_isa.py), if any
-            **({"dense_isa_caps": caps} if (caps := {
-                k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
-                                           "ONEDNN_MAX_CPU_ISA") if k in os.environ}) else {}),
+            **({"dense_isa_caps": caps} if (caps := dense_isa_caps()) else {}),
             "loadavg_1min_end": round(os.getloadavg()[0], 2),
             "timing": {"block": args.block, "warmup_blocks": args.warmup,
                        "timed_steps": args.steps}, "rows": results}, indent=1))

@@ -63,13 +63,18 @@ def machine_info():
         info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     except ImportError:
         pass
-    # Caps on the dense baseline's ISA (benchmarks/as_isa.py sets them): a
-    # figure measured under them says so.
-    caps = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
-                                       "ONEDNN_MAX_CPU_ISA") if k in os.environ}
+    caps = dense_isa_caps()
     if caps:
         info["dense_isa_caps"] = caps
     return info
+
+
+def dense_isa_caps():
+    """The environment variables that cap the dense baseline's ISA (torch's
+    ATen, MKL, oneDNN; benchmarks/as_isa.py sets them) and are set: a figure
+    measured under them says so.  Empty when none is."""
+    return {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
+                                       "ONEDNN_MAX_CPU_ISA") if k in os.environ}
 
 
 CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
