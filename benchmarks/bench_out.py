@@ -5,7 +5,10 @@ For the paper's linear layer (3072x768, batch 902) and the 56x56 ResNet conv
 round by round (medians):
   dense      torch.nn.functional forward (the baseline, and the memory churn a
              training step puts between two calls of a layer)
-  fresh      sparseprop with a new result array per call (the default)
+  fresh      sparseprop with a new result array per call (the default: large
+             results reuse freed blocks of the result-buffer cache)
+  uncached   the same with the cache off (each result is new memory, mapped
+             and zeroed by the system on first touch: the default before it)
   out        sparseprop writing into one reused ``sparseprop.empty_aligned`` array
   out_np     the same into a reused ``np.empty`` array (16-byte aligned only)
 
@@ -27,6 +30,7 @@ def closures(layer, sparsity, threads, rng):
     import torch.nn.functional as F
 
     import sparseprop as sp
+    from sparseprop import _pool
 
     if layer == "linear":
         X = rng.standard_normal((902, 768), dtype=np.float32)
@@ -56,7 +60,15 @@ def closures(layer, sparsity, threads, rng):
     out = sp.empty_aligned(y_shape, np.float32)
     out_np = np.empty(y_shape, np.float32)
     np.testing.assert_array_equal(run(out=out), run())
-    return {"dense": dense, "fresh": run, "out": lambda: run(out=out),
+
+    def uncached():
+        old = _pool.set_bypass(True)
+        try:
+            return run()
+        finally:
+            _pool.set_bypass(old)
+
+    return {"dense": dense, "fresh": run, "uncached": uncached, "out": lambda: run(out=out),
             "out_np": lambda: run(out=out_np)}
 
 
@@ -71,7 +83,8 @@ def main():
     info = machine_info()
     print(f"# {info['cpu']}, isa={info['isa']}, torch {info.get('torch')}, "
           f"load {info['loadavg_1min']}")
-    print("layer | threads | sparsity | dense ms | fresh ms | out ms | out (np.empty) ms")
+    print("layer | threads | sparsity | dense ms | fresh ms | uncached ms | out ms "
+          "| out (np.empty) ms")
     rows = []
     rng = np.random.default_rng(0)
     for threads in args.threads:
@@ -84,7 +97,8 @@ def main():
                        **{f"{k}_ms": 1e3 * v for k, v in t.items()}}
                 rows.append(row)
                 print(f"{layer} | {threads} | {s:g} | {row['dense_ms']:.2f} | "
-                      f"{row['fresh_ms']:.2f} | {row['out_ms']:.2f} | {row['out_np_ms']:.2f}",
+                      f"{row['fresh_ms']:.2f} | {row['uncached_ms']:.2f} | {row['out_ms']:.2f} | "
+                      f"{row['out_np_ms']:.2f}",
                       flush=True)
     path = write_results("out", {"machine": info, "rows": rows})
     print(f"wrote {path}")

@@ -21,6 +21,7 @@ from sparseprop._conv2d import conv2d_algorithm, conv2d_backward, conv2d_forward
 from sparseprop._convweight import SparseConvWeight
 from sparseprop._formats import CSCMatrix, CSRMatrix
 from sparseprop._linear import linear_backward, linear_forward
+from sparseprop._pool import empty_cache
 
 __version__ = "0.1.0"
 
@@ -34,6 +35,7 @@ __all__ = [
     "conv2d_backward",
     "conv2d_forward",
     "empty_aligned",
+    "empty_cache",
     "linear_backward",
     "linear_forward",
     "openmp_enabled",
@@ -66,6 +68,8 @@ def config():
                        "in the driver (no bfloat16 conv kernel)",
         "openmp": _config.openmp_enabled(),
         "default_threads": _config.default_n_threads(),
+        # large results reuse freed blocks (sparseprop/_pool.pyx; SPARSEPROP_RESULT_CACHE_MB)
+        "result_cache": _result_cache_line(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "scipy": _installed_version("scipy"),
@@ -74,6 +78,17 @@ def config():
         "machine": platform.machine(),
         "cpu": _cpu_model(),
     }
+
+
+def _result_cache_line():
+    """The result-buffer cache's limit and idle memory, in MiB, for config()."""
+    from sparseprop import _pool
+
+    st = _pool.stats()
+    if st["limit"] == 0:
+        return "off (SPARSEPROP_RESULT_CACHE_MB=0)"
+    return (f"results >= {_pool.MIN_BYTES >> 20} MiB reuse freed blocks; "
+            f"{st['idle_bytes'] / 2**20:.0f} of {st['limit'] / 2**20:.0f} MiB idle")
 
 
 def _installed_version(name):

@@ -9,6 +9,8 @@ import threading
 
 import numpy as np
 
+from sparseprop import _pool
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -151,16 +153,29 @@ def empty_aligned(shape, dtype=np.float32, align=64):
     -------
     ndarray
         A C-contiguous view of a private buffer.
+
+    Notes
+    -----
+    An array of at least 1 MiB (and ``align`` up to 4096) views a block of the
+    result-buffer cache (sparseprop/_pool.pyx): when the last array viewing
+    it is freed, the block is kept for the next request of that size instead
+    of being returned to the system, which would map and zero it again, page
+    by page, on the next call.  :func:`sparseprop.empty_cache` frees the idle
+    blocks; ``SPARSEPROP_RESULT_CACHE_MB=0`` turns the cache off.
     """
     dt = np.dtype(dtype)
     if align <= 0 or align & (align - 1) or align % dt.itemsize:
         raise ValueError(f"align must be a power of two multiple of the item size "
                          f"({dt.itemsize}); got {align}")
-    shape = tuple(shape) if np.iterable(shape) else (shape,)
+    if type(shape) is not tuple:  # the drivers pass tuples: skip np.iterable's try/iter
+        shape = tuple(shape) if np.iterable(shape) else (shape,)
     n = math.prod(shape)  # Python ints: no overflow, and cheaper than np.prod (docs/tuning.md)
+    nbytes = n * dt.itemsize
+    if nbytes >= _pool.MIN_BYTES and align <= _pool.PAGE_ALIGN and _pool.limit() > 0:
+        return np.frombuffer(_pool.take(nbytes), dtype=dt, count=n).reshape(shape)
     buf = np.empty(n + align // dt.itemsize, dtype=dt)
     # NumPy's data is at least itemsize-aligned, so the gap is whole elements
-    off = (-buf.__array_interface__["data"][0]) % align // dt.itemsize
+    off = (-_pool.data_address(buf)) % align // dt.itemsize
     return buf[off:off + n].reshape(shape)
 
 
@@ -208,7 +223,7 @@ def scratch(nbytes, align=64):
     if buf is None or buf.nbytes < nbytes + align:
         buf = np.empty(max(nbytes + align, 1 << 16), dtype=np.uint8)
         _scratch_local.buf = buf
-    off = (-buf.ctypes.data) % align
+    off = (-_pool.data_address(buf)) % align
     return buf[off:off + nbytes]
 
 
