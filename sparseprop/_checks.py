@@ -171,7 +171,7 @@ def empty_aligned(shape, dtype=np.float32, align=64):
         shape = tuple(shape) if np.iterable(shape) else (shape,)
     n = math.prod(shape)  # Python ints: no overflow, and cheaper than np.prod (docs/tuning.md)
     nbytes = n * dt.itemsize
-    if nbytes >= _pool.MIN_BYTES and align <= _pool.PAGE_ALIGN and _pool.limit() > 0:
+    if nbytes >= _pool.MIN_BYTES and align <= _pool.PAGE_ALIGN and _pool.enabled():
         return np.frombuffer(_pool.take(nbytes), dtype=dt, count=n).reshape(shape)
     buf = np.empty(n + align // dt.itemsize, dtype=dt)
     # NumPy's data is at least itemsize-aligned, so the gap is whole elements

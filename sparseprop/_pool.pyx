@@ -14,11 +14,13 @@ same shapes every step.
 Nothing is shared while in use: a block is idle only once no Python object
 refers to its buffer (its ``__dealloc__`` runs then), and every access to the
 list holds the GIL.  Idle blocks never exceed the limit (``set_limit``, the
-environment variable ``SPARSEPROP_RESULT_CACHE_MB`` at import, default 1/8 of
-physical memory up to 2 GiB; 0 turns the cache off); ``empty_cache`` returns
-them all to the system.  New blocks of 4 MiB and more are 2 MiB aligned and,
-on Linux, advised for transparent huge pages (fewer, larger faults even on a
-miss).
+environment variable ``SPARSEPROP_RESULT_CACHE_MB`` at import, default 256
+MiB; 0 turns the cache off), the oldest going first; a request that finds
+no block of its size first frees the oldest idle blocks down to half the
+limit, so the cache adds less than the limit to a process's peak memory
+however many sizes it sees.  ``empty_cache`` returns them all to the system.
+New blocks of 4 MiB and more are 2 MiB aligned and, on Linux, advised for
+transparent huge pages (fewer, larger faults even on a miss).
 """
 cimport numpy as cnp
 from libc.stdint cimport uintptr_t
@@ -81,7 +83,6 @@ cdef class ResultBuffer:
     cdef char* ptr
     cdef Py_ssize_t nbytes
     cdef size_t block
-    cdef bint keep
     cdef Py_ssize_t shape[1]
     cdef Py_ssize_t strides[1]
 
@@ -89,7 +90,6 @@ cdef class ResultBuffer:
         self.ptr = NULL
         self.nbytes = 0
         self.block = 0
-        self.keep = True
 
     def __getbuffer__(self, Py_buffer* view, int flags):
         view.buf = self.ptr
@@ -110,10 +110,7 @@ cdef class ResultBuffer:
         pass
 
     def __dealloc__(self):
-        if self.keep:
-            _give_back(self.ptr, self.block)
-        else:
-            free(self.ptr)
+        _give_back(self.ptr, self.block)
         self.ptr = NULL
 
 
@@ -122,7 +119,11 @@ cdef void _give_back(void* p, size_t block) noexcept:
     global _n_idle, _idle_bytes
     if p == NULL:
         return
-    if _n_idle < _SLOTS and _idle_bytes + block <= _limit:
+    if block <= _limit and _n_idle == _SLOTS:
+        _trim(_idle_bytes - _idle_size[0])  # the oldest makes room
+    if _n_idle < _SLOTS and block <= _limit:
+        if _idle_bytes + block > _limit:
+            _trim(_limit - block)  # the oldest go first: the newest is the likeliest reused
         _idle_ptr[_n_idle] = p
         _idle_size[_n_idle] = block
         _n_idle += 1
@@ -144,18 +145,23 @@ def take(Py_ssize_t nbytes):
         block = grain
     cdef size_t align = _GRAIN if block >= _HUGE else PAGE_ALIGN
     cdef ResultBuffer buf = ResultBuffer.__new__(ResultBuffer)
-    cdef int i
-    buf.keep = not _bypass
-    for i in range(_n_idle - 1 if buf.keep else -1, -1, -1):  # the most recent first: warmest
+    cdef int i, j
+    for i in range(_n_idle - 1, -1, -1):  # the most recently freed first: warmest
         if _idle_size[i] == block:
             buf.ptr = <char*> _idle_ptr[i]
             _n_idle -= 1
-            _idle_ptr[i] = _idle_ptr[_n_idle]
-            _idle_size[i] = _idle_size[_n_idle]
+            for j in range(i, _n_idle):  # keep the rest oldest-first
+                _idle_ptr[j] = _idle_ptr[j + 1]
+                _idle_size[j] = _idle_size[j + 1]
             _idle_bytes -= block
             _hits += 1
             break
     if buf.ptr == NULL:
+        # a miss: first turn idle memory into this block (free the oldest
+        # idle blocks down to half the limit), so that the process's peak
+        # memory exceeds what it would be without the cache by less than
+        # the limit, however many sizes a training step asks for
+        _trim(_limit // 2)
         buf.ptr = <char*> sp_pool_alloc(block, align)
         if buf.ptr == NULL:
             empty_cache()  # give the idle blocks back and try once more
@@ -169,14 +175,19 @@ def take(Py_ssize_t nbytes):
 
 
 def set_bypass(bint on):
-    """While on, :func:`take` neither reuses idle blocks nor keeps the blocks
-    it makes (new memory each time, as without the cache), and the blocks
-    already idle stay: for measuring the cache against no cache in one
-    process (benchmarks/bench_out.py).  Returns the old setting."""
+    """While on, :func:`enabled` is False: ``empty_aligned`` allocates with
+    NumPy, as with the cache off, while the idle blocks stay - for timing the
+    cache against no cache in one process (benchmarks/bench_out.py).
+    Returns the old setting."""
     global _bypass
     old = bool(_bypass)
     _bypass = on
     return old
+
+
+def enabled():
+    """Whether large results come from the cache: a limit above 0 and no bypass."""
+    return _limit > 0 and not _bypass
 
 
 def address(ResultBuffer buf):
@@ -190,15 +201,26 @@ def data_address(cnp.ndarray arr):
     return <uintptr_t> cnp.PyArray_DATA(arr)
 
 
+cdef void _trim(size_t keep) noexcept:
+    """Free the oldest idle blocks until at most ``keep`` bytes stay idle."""
+    global _n_idle, _idle_bytes
+    cdef int i, n = 0
+    while n < _n_idle and _idle_bytes > keep:  # slot 0 is the oldest
+        free(_idle_ptr[n])
+        _idle_bytes -= _idle_size[n]
+        n += 1
+    if n:
+        for i in range(n, _n_idle):
+            _idle_ptr[i - n] = _idle_ptr[i]
+            _idle_size[i - n] = _idle_size[i]
+        _n_idle -= n
+
+
 def empty_cache():
     """Return every idle block to the system; the number of bytes freed."""
-    global _n_idle, _idle_bytes
-    cdef size_t freed = _idle_bytes
-    while _n_idle > 0:
-        _n_idle -= 1
-        free(_idle_ptr[_n_idle])
-    _idle_bytes = 0
-    return int(freed)
+    freed = int(_idle_bytes)
+    _trim(0)
+    return freed
 
 
 def set_limit(Py_ssize_t nbytes):
@@ -209,8 +231,7 @@ def set_limit(Py_ssize_t nbytes):
         raise ValueError(f"the result cache limit must be >= 0 bytes; got {nbytes}")
     old = int(_limit)
     _limit = <size_t> nbytes
-    if _idle_bytes > _limit:
-        empty_cache()
+    _trim(_limit)
     return old
 
 
@@ -226,7 +247,8 @@ def stats():
 
 
 def _default_limit():
-    """SPARSEPROP_RESULT_CACHE_MB (MiB) if set, else 1/8 of physical memory, at most 2 GiB."""
+    """SPARSEPROP_RESULT_CACHE_MB (MiB) if set, else 256 MiB (1/16 of physical memory
+    where that is less)."""
     import os
     raw = os.environ.get("SPARSEPROP_RESULT_CACHE_MB", "").strip()
     if raw:
@@ -243,7 +265,7 @@ def _default_limit():
         phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # not POSIX: a fixed guess
         phys = 8 << 30
-    return int(min(phys // 8, 2 << 30))
+    return int(min(phys // 16, 256 << 20))
 
 
 set_limit(_default_limit())

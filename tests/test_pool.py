@@ -206,16 +206,44 @@ def test_environment_variable_sets_the_limit():
     assert r.returncode != 0 and "SPARSEPROP_RESULT_CACHE_MB must be a number" in r.stderr
 
 
-def test_bypass_makes_new_memory_and_keeps_the_idle_blocks():
+def test_bypass_allocates_with_numpy_and_keeps_the_idle_blocks():
     a = sparseprop.empty_aligned(BIG)
     addr = a.ctypes.data
     del a
     assert _pool.set_bypass(True) is False
     try:
+        assert not _pool.enabled()
         b = sparseprop.empty_aligned(BIG)
-        assert b.ctypes.data != addr and block_of(b) is not None
+        assert block_of(b) is None and b.ctypes.data % 64 == 0
         del b
-        assert _pool.stats()["idle_blocks"] == 1  # b was freed, the idle block stays
+        assert _pool.stats()["idle_blocks"] == 1  # the idle block stays
     finally:
         _pool.set_bypass(False)
     assert sparseprop.empty_aligned(BIG).ctypes.data == addr
+
+
+def test_a_miss_trims_idle_memory_to_half_the_limit_oldest_first():
+    _pool.set_limit(16 << 20)
+    blocks = [sparseprop.empty_aligned((n << 18,)) for n in (1, 2, 3, 4)]  # 1-4 MiB
+    addrs = [b.ctypes.data for b in blocks]
+    while blocks:  # freed in this order: the 1 MiB block is the oldest
+        blocks.pop(0)
+    assert _pool.stats()["idle_bytes"] == 10 << 20
+    big = sparseprop.empty_aligned((6 << 18,))  # 6 MiB: a miss, idle down to <= 8 MiB
+    st = _pool.stats()
+    assert st["idle_bytes"] == 7 << 20 and st["idle_blocks"] == 2  # 3 + 4 MiB stay
+    assert sparseprop.empty_aligned((4 << 18,)).ctypes.data == addrs[3]
+    assert sparseprop.empty_aligned((3 << 18,)).ctypes.data == addrs[2]
+    del big
+
+
+def test_the_limit_drops_the_oldest_blocks_first():
+    _pool.set_limit(9 << 20)
+    blocks = [sparseprop.empty_aligned((n << 18,)) for n in (4, 4, 4)]  # 3 x 4 MiB
+    addrs = [b.ctypes.data for b in blocks]
+    while blocks:  # the third does not fit beside two: the oldest goes
+        blocks.pop(0)
+    assert _pool.stats()["idle_blocks"] == 2
+    a = sparseprop.empty_aligned((4 << 18,))
+    b = sparseprop.empty_aligned((4 << 18,))
+    assert {a.ctypes.data, b.ctypes.data} == {addrs[1], addrs[2]}
