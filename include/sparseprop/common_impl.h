@@ -428,7 +428,7 @@ static void SP_FN(sp_transpose)(const SP_T* SP_RESTRICT src, int64_t lds,
  * infinity), bit for bit what sp_bf16_round does - except in the AVX512_BF16
  * region, whose vcvtneps2bf16 also flushes subnormal inputs and results to
  * zero (values below 1.2e-38, far under the precision bfloat16 carries). */
-#if SP_CUR_BF16 && SP_VBITS == 256
+#if SP_CUR_BF16 && SP_VBITS == 256 /* avx2, avx512y, avx512ybf16 */
 SP_ALWAYS_INLINE __m256 SP_FN(sp_vload_bf16)(const uint16_t* p)
 {
     const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p));
@@ -436,6 +436,9 @@ SP_ALWAYS_INLINE __m256 SP_FN(sp_vload_bf16)(const uint16_t* p)
 }
 SP_ALWAYS_INLINE void SP_FN(sp_vstore_bf16)(uint16_t* p, __m256 v)
 {
+#if SP_CUR_BF16X
+    _mm_storeu_si128((__m128i*)p, (__m128i)_mm256_cvtneps_pbh(v));
+#else
     const __m256i u = _mm256_castps_si256(v);
     const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
     __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff)));
@@ -447,6 +450,7 @@ SP_ALWAYS_INLINE void SP_FN(sp_vstore_bf16)(uint16_t* p, __m256 v)
      * the two lanes' low halves */
     const __m256i pk = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
     _mm_storeu_si128((__m128i*)p, _mm256_castsi256_si128(pk));
+#endif
 }
 #elif SP_CUR_BF16 && SP_VBITS == 512
 SP_ALWAYS_INLINE __m512 SP_FN(sp_vload_bf16)(const uint16_t* p)
