@@ -7,11 +7,15 @@
 
 /* The first m lanes (0 < m <= SP_VL) of activations at p as SP_T, zeros
  * elsewhere, never reading past them; and the first m lanes of v stored to
- * p (rounded), never writing past them.  Masked moves of SP_T, or element
- * by element through a small buffer for bfloat16 (tails only). */
+ * p (rounded), never writing past them.  Masked moves of SP_T; for bfloat16,
+ * AVX-512's 16-bit masked moves, else element by element through a small
+ * buffer (tails only). */
 SP_ALWAYS_INLINE SP_V SP_FN(sp_cw_mloadio)(const SP_IOT* p, int64_t m, SP_FN(sp_vmask_t) mask)
 {
-#if SP_CUR_BF16
+#if SP_CUR_BF16 && SP_CUR_ISA == SP_ISA_AVX512 && SP_VBITS == 256
+    (void)mask;
+    return SP_FN(sp_vmload_bf16)(p, m);
+#elif SP_CUR_BF16
     SP_T b[SP_VL];
     (void)mask;
     for (int i = 0; i < SP_VL; i++)
@@ -25,7 +29,10 @@ SP_ALWAYS_INLINE SP_V SP_FN(sp_cw_mloadio)(const SP_IOT* p, int64_t m, SP_FN(sp_
 SP_ALWAYS_INLINE void SP_FN(sp_cw_mstoreio)(SP_IOT* p, int64_t m, SP_FN(sp_vmask_t) mask,
                                             SP_V v)
 {
-#if SP_CUR_BF16
+#if SP_CUR_BF16 && SP_CUR_ISA == SP_ISA_AVX512 && SP_VBITS == 256
+    (void)mask;
+    SP_FN(sp_vmstore_bf16)(p, m, v);
+#elif SP_CUR_BF16
     SP_T b[SP_VL];
     (void)mask;
     SP_VSTORE(b, v);
@@ -200,17 +207,23 @@ static void SP_FN(sp_cw_merge2)(const SP_T* SP_RESTRICT ev, const SP_T* SP_RESTR
                                 int64_t n, SP_IOT* SP_RESTRICT dst)
 {
     int64_t i = 0;
-#if SP_CUR_BF16 && SP_VBITS != 0
+#if SP_CUR_BF16 && SP_VBITS == 256
     /* round a vector of each phase, then interleave the 16-bit results */
-    for (; i + 2 * SP_VL <= n; i += 2 * SP_VL) {
-        uint16_t e[SP_VL], o[SP_VL];
-        SP_VSTOREIO(e, SP_VLOAD(ev + i / 2));
-        SP_VSTOREIO(o, SP_VLOAD(od + i / 2));
-        for (int j = 0; j < SP_VL; j++) {
-            dst[i + 2 * j] = e[j];
-            dst[i + 2 * j + 1] = o[j];
-        }
+    for (; i + 16 <= n; i += 16) {
+        const __m128i e = SP_FN(sp_vround_bf16)(_mm256_loadu_ps(ev + i / 2));
+        const __m128i o = SP_FN(sp_vround_bf16)(_mm256_loadu_ps(od + i / 2));
+        _mm_storeu_si128((__m128i*)(dst + i), _mm_unpacklo_epi16(e, o));
+        _mm_storeu_si128((__m128i*)(dst + i + 8), _mm_unpackhi_epi16(e, o));
     }
+#elif SP_CUR_BF16 && SP_VBITS == 128
+    for (; i + 8 <= n; i += 8) {
+        const uint16x4x2_t z = vzip_u16(SP_FN(sp_vround_bf16)(vld1q_f32(ev + i / 2)),
+                                        SP_FN(sp_vround_bf16)(vld1q_f32(od + i / 2)));
+        vst1_u16(dst + i, z.val[0]);
+        vst1_u16(dst + i + 4, z.val[1]);
+    }
+#elif SP_CUR_BF16 && SP_VBITS != 0
+#error "no bfloat16 merge2 for this region"
 #elif SP_VBITS == 256
 #if SP_CUR_F64
     for (; i + 8 <= n; i += 8) {
