@@ -45,8 +45,8 @@ static void SP_FN(sp_conv_fwd)(const sp_conv_fwd_args* a, int64_t u0, int64_t u1
      * "Conv input channel blocks") */
     const int blocked = icb < ICg;
     /* streaming stores of sparse tiles straight into a large Y (see conv.h;
-     * none for bfloat16 Y, conv_impl.h) */
-    const int stream_y = !SP_CUR_BF16 && !g->batch_last &&
+     * bfloat16 Y: where float32 Y would be streamed, conv_impl.h) */
+    const int stream_y = !g->batch_last &&
                          g->B * OC * OH * OW * (int64_t)sizeof(SP_T) >= SP_CONV_STREAM_MIN_BYTES;
     int streamed = 0;
 

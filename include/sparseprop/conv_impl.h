@@ -66,29 +66,42 @@ SP_INLINE int64_t SP_FN(sp_conv_lanes)(void) { return SP_VL; }
 #define SP_CW_OLOAD(p) SP_VLOAD(p)
 #define SP_CW_OSTORE(p, v) SP_VSTORE((p), (v))
 #define SP_CW_OSTREAM 1
+#define SP_CW_OSTREAM_(p, v) SP_VSTREAM((p), (v))
+#define SP_CW_OSTREAM_ALIGN SP_VSTREAM_ALIGN
 #define SP_CWN(name) SP_FN(name)
 #include "sparseprop/conv_tiles_impl.h"
 #undef SP_CW_OT
 #undef SP_CW_OLOAD
 #undef SP_CW_OSTORE
 #undef SP_CW_OSTREAM
+#undef SP_CW_OSTREAM_
+#undef SP_CW_OSTREAM_ALIGN
 #undef SP_CWN
 #if SP_CUR_BF16
 /* bfloat16: the tiles that touch the user's arrays in place (over-width Y of
  * whole vectors, the backward's direct X and dX) widen and round there, in
  * registers, like the float32 ones load and store: no float32 copy of those
- * arrays.  No streaming stores: a rounded vector is half a float32 one (and
- * bfloat16 Y halves the bytes streaming would save). */
+ * arrays.  Streaming stores on x86 (where the float32 kernels stream): a
+ * rounded vector is 16 bytes, streamed where it is 16-byte aligned (every
+ * vector of rows of whole vectors, in an aligned Y). */
 #define SP_CW_OT SP_IOT
 #define SP_CW_OLOAD(p) SP_VLOADIO(p)
 #define SP_CW_OSTORE(p, v) SP_VSTOREIO((p), (v))
+#if SP_VBITS == 256
+#define SP_CW_OSTREAM 1
+#define SP_CW_OSTREAM_(p, v) _mm_stream_si128((__m128i*)(p), SP_FN(sp_vround_bf16)(v))
+#define SP_CW_OSTREAM_ALIGN 16
+#else
 #define SP_CW_OSTREAM 0
+#endif
 #define SP_CWN(name) SP_FN(name##_io)
 #include "sparseprop/conv_tiles_impl.h"
 #undef SP_CW_OT
 #undef SP_CW_OLOAD
 #undef SP_CW_OSTORE
 #undef SP_CW_OSTREAM
+#undef SP_CW_OSTREAM_
+#undef SP_CW_OSTREAM_ALIGN
 #undef SP_CWN
 /* the tables of the tiles on the activations' type */
 #define SP_CW_IOTAB(name) SP_FN(name##_io)

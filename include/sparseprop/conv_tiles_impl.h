@@ -10,7 +10,8 @@
  * includer (conv_impl.h) defines:
  *   SP_CW_OT          that element type (SP_T, or SP_IOT)
  *   SP_CW_OLOAD(p) SP_CW_OSTORE(p, v)   a vector of it, as float32 lanes
- *   SP_CW_OSTREAM     1: SP_CW_STREAM_OUT uses non-temporal stores
+ *   SP_CW_OSTREAM     1: SP_CW_STREAM_OUT uses non-temporal stores,
+ *                     SP_CW_OSTREAM_(p, v) at addresses SP_CW_OSTREAM_ALIGN apart
  *   SP_CWN(name)      the name of a function or table of this copy
  * The weights, the dY buffer and the dW partials are always SP_T. */
 
@@ -30,10 +31,10 @@
 SP_ALWAYS_INLINE void SP_CWN(sp_cw_stream)(SP_CW_OT* q, SP_V v)
 {
 #if SP_CW_OSTREAM
-    if ((uintptr_t)q % SP_VSTREAM_ALIGN == 0)
-        SP_VSTREAM(q, v);
+    if ((uintptr_t)q % SP_CW_OSTREAM_ALIGN == 0)
+        SP_CW_OSTREAM_(q, v);
     else
-        SP_VSTORE(q, v);
+        SP_CW_OSTORE(q, v);
 #else
     SP_CW_OSTORE(q, v);
 #endif
