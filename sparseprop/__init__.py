@@ -64,8 +64,7 @@ def config():
         "cpu_avx512bf16": isa["cpu_avx512bf16"],
         # what bfloat16 activations run on (see README, "bfloat16")
         "bf16_linear": f"bfloat16 kernels ({isa['bf16_linear']}), float32 sums",
-        "bf16_conv2d": "widened: float32 kernels, inputs widened and outputs rounded "
-                       "in the driver (no bfloat16 conv kernel)",
+        "bf16_conv2d": f"bfloat16 kernels ({isa['bf16_conv2d']}), float32 sums",
         "openmp": _config.openmp_enabled(),
         "default_threads": _config.default_n_threads(),
         # large results reuse freed blocks (sparseprop/_pool.pyx; SPARSEPROP_RESULT_CACHE_MB)

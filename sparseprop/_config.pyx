@@ -6,10 +6,11 @@ supports, capped by the environment variable ``SPARSEPROP_ISA`` (``scalar``,
 kernel module reads :data:`ISA` at its own import, so the cap must be set
 before ``import sparseprop``.
 
-The bfloat16 linear kernels on the AVX-512 level also use the AVX512_BF16
-extension where the CPU has it (:data:`BF16_EXT`); ``SPARSEPROP_AVX512BF16=0``
-turns that off (they then round by integer arithmetic, as on plain
-AVX-512), so both paths can be tested on one machine.
+The bfloat16 kernels (linear and conv2d) on the AVX-512 level also use the
+AVX512_BF16 extension where the CPU has it (:data:`BF16_EXT`);
+``SPARSEPROP_AVX512BF16=0`` turns that off (they then round by integer
+arithmetic, as on plain AVX-512), so both paths can be tested on one
+machine.
 """
 import os
 
@@ -71,12 +72,17 @@ def _bf16_ext_from_env():
 #: Whether the CPU has the AVX512_BF16 extension (and this build the kernels
 #: that use it).
 CPU_AVX512BF16 = bool(sp_cpu_has_avx512bf16())
-#: Whether the bfloat16 linear kernels use AVX512_BF16 in this process: the
-#: AVX-512 level is chosen, the CPU has it, SPARSEPROP_AVX512BF16 is not 0.
+#: Whether the bfloat16 kernels use AVX512_BF16 in this process: the AVX-512
+#: level is chosen, the CPU has it, SPARSEPROP_AVX512BF16 is not 0.
 BF16_EXT = ISA_NAME == "avx512" and CPU_AVX512BF16 and _bf16_ext_from_env()
 #: The code region of the bfloat16 linear kernels in this process: avx512bf16,
 #: or the ISA's own (avx512, avx2, neon, scalar).
 BF16_LINEAR_REGION = "avx512bf16" if BF16_EXT else ISA_NAME
+#: The same for the bfloat16 conv2d kernels, whose AVX-512 regions have
+#: 256-bit vectors (include/sparseprop/conv.h): avx512ybf16, avx512y, or the
+#: ISA's own (avx2, neon, scalar).
+BF16_CONV_REGION = ("avx512ybf16" if BF16_EXT else
+                    "avx512y" if ISA_NAME == "avx512" else ISA_NAME)
 
 
 def openmp_enabled():
@@ -181,6 +187,7 @@ def isa_info():
         "available": list(ISA_NAMES[: CPU_ISA + 1]),
         "cpu_avx512bf16": CPU_AVX512BF16,
         "bf16_linear": BF16_LINEAR_REGION,
+        "bf16_conv2d": BF16_CONV_REGION,
     }
 
 

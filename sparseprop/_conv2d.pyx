@@ -6,6 +6,13 @@ offsets and lists, the task ranges) in sparseprop/_conv_plan.py.  This
 module fills the kernels' argument structs and runs them with the GIL
 released.
 
+bfloat16: X and dY may be ``ml_dtypes.bfloat16`` arrays with a float32
+weight; Y and dX are then bfloat16 (rounded to nearest even from float32
+sums) and dW float32.  The kernels read and write the activations as
+bfloat16 and compute in float32 (include/sparseprop/conv_impl.h): the
+driver passes the activations' strides in their own elements and sizes the
+scratch (float32 buffers) by the weight's item size.
+
 Threading: the batch is cut into *units* (one image for "over_width", one
 SIMD vector of images for "batch_last").  Tasks own contiguous runs of units
 and, when units are scarce, also a range of output channels (forward) or of
@@ -26,7 +33,6 @@ from sparseprop._memory cimport round_up64
 
 from sparseprop import _config, _exact
 from sparseprop._checks import bf16_round, bf16_widen, is_bfloat16
-from sparseprop._convweight import SparseConvWeight
 from sparseprop._checks import (as_float_array, check_bias, check_weight_values, output_array,
                                 scratch)
 from sparseprop._conv_plan import ALGORITHMS  # no-cython-lint (re-exported)
@@ -90,6 +96,7 @@ cdef extern from "sparseprop/conv.h" nogil:
         int64_t lanes
 
     sp_conv_kernels sp_conv_select(int isa, int is_f64)
+    sp_conv_kernels sp_conv_select_bf16(int isa, int use_bf16x)
     int64_t sp_conv_fwd_scratch(const sp_conv_geom* g, int64_t n_ic, int64_t n_oc)
     int64_t sp_conv_bwd_scratch(const sp_conv_geom* g, int64_t n_ic, int64_t n_oc, int with_dx)
 
@@ -97,16 +104,23 @@ cdef extern from "sparseprop/conv.h" nogil:
 # Kernels chosen once, at import, for the ISA in sparseprop._config.
 cdef sp_conv_kernels _KERNELS_F32 = sp_conv_select(_config.ISA, 0)
 cdef sp_conv_kernels _KERNELS_F64 = sp_conv_select(_config.ISA, 1)
+# bfloat16 activations with float32 weights; AVX512_BF16 rounding where
+# _config.BF16_EXT says so (as for the linear kernels).
+cdef sp_conv_kernels _KERNELS_BF16 = sp_conv_select_bf16(_config.ISA, _config.BF16_EXT)
 
 # Below this many multiply-adds a call runs on one thread.
 cdef int64_t _SERIAL_WORK = 1 << 17
 
 cdef inline sp_conv_kernels _kernels(dtype):
+    """The kernels for activations of ``dtype`` (W's, or bfloat16 with float32 W)."""
+    if is_bfloat16(dtype):
+        return _KERNELS_BF16
     return _KERNELS_F64 if dtype == np.float64 else _KERNELS_F32
 
 
 def lanes(dtype):
-    """SIMD lanes of the conv kernels for ``dtype`` on the ISA in use."""
+    """SIMD lanes of the conv kernels for activations of ``dtype`` on the ISA
+    in use (bfloat16: those of the float32 kernels, which it computes in)."""
     return int(_kernels(np.dtype(dtype)).lanes)
 
 
@@ -194,15 +208,6 @@ cdef void _load_geom(sp_conv_geom* g, plan, int64_t B):
 
 # ---------------------------------------------------------------- forward
 
-def _bf16_input(X, name, W):
-    """X widened to float32 if it is a bfloat16 array (W must be float32), else None."""
-    dt = getattr(X, "dtype", None)
-    if not (isinstance(X, np.ndarray) and is_bfloat16(dt) and isinstance(W, SparseConvWeight)):
-        return None  # the float path's checks name what is wrong
-    as_float_array(X, name, W.dtype, allow_bf16=True)  # the float32-weight check
-    return bf16_widen(X)
-
-
 def conv2d_forward(X, W, bias=None, stride=1, padding=0, dilation=1, groups=1,
                    algorithm="auto", *, n_threads=None, out=None):
     """Forward pass of a sparse conv2d layer.
@@ -213,11 +218,10 @@ def conv2d_forward(X, W, bias=None, stride=1, padding=0, dilation=1, groups=1,
     Parameters
     ----------
     X : ndarray, shape (batch, in_channels, H, W) or (in_channels, H, W)
-        Input (NCHW), same dtype as ``W``; any strides (channels_last views,
-        read-only arrays are fine; inputs whose last axis is not contiguous
-        are copied first).  ``ml_dtypes.bfloat16`` with a float32 ``W`` is
-        *widened*: there is no bfloat16 conv kernel; X is copied to float32,
-        the float32 kernels run, and Y is rounded to bfloat16 (nearest even).
+        Input (NCHW), same dtype as ``W``, or ``ml_dtypes.bfloat16`` with a
+        float32 ``W`` (bfloat16 kernels: float32 sums, Y rounded to bfloat16,
+        nearest even); any strides (channels_last views, read-only arrays are
+        fine; inputs whose last axis is not contiguous are copied first).
     W : SparseConvWeight, shape (out_channels, in_channels // groups, kh, kw)
     bias : ndarray, shape (out_channels,), optional
     stride : int or (int, int), default 1
@@ -246,33 +250,27 @@ def conv2d_forward(X, W, bias=None, stride=1, padding=0, dilation=1, groups=1,
     Returns
     -------
     Y : ndarray, shape (batch, out_channels, OH, OW) (no batch axis for 3-D X)
-        ``out``, or a new C-contiguous array of W's dtype.
+        ``out``, or a new C-contiguous array of X's dtype (W's, or bfloat16).
 
     Notes
     -----
     Only stored weights multiply: a NaN or Inf in X reaches only the outputs
     that a stored weight connects it to.
     """
-    Xw = _bf16_input(X, "X", W)
-    if Xw is not None:  # bfloat16: widened, see X above
-        Y = conv2d_forward(Xw, W, bias, stride, padding, dilation, groups, algorithm,
-                           n_threads=n_threads)
-        if out is not None:
-            output_array(out, Y.shape, X.dtype, "out", (("X", X), ("bias", bias)))
-        return bf16_round(Y, X.dtype, out)
     check_weight_values(W, ("out", out))  # values changed in place, or aliased by out?
     dtype, X4, unbatched, geo = prepare(X, W, stride, padding, dilation, groups, algorithm)
+    act = X4.dtype  # the activations' dtype: W's, or bfloat16
     OH, OW = geo.OH, geo.OW
     cdef int64_t OC = W.shape[0]
     b = check_bias(bias, OC, dtype)
     cdef int T0 = _config.resolve_n_threads(n_threads)
     cdef int64_t B = X4.shape[0], C = X4.shape[1], H = X4.shape[2], Wd = X4.shape[3]
     y_shape = (int(OC), OH, OW) if unbatched else (int(B), int(OC), OH, OW)
-    Y_out = output_array(out, y_shape, dtype, "out", (("X", X4), ("bias", b)))
+    Y_out = output_array(out, y_shape, act, "out", (("X", X4), ("bias", b)))
     Y = Y_out[None] if unbatched else Y_out
     if B == 0 or OC == 0:
         return Y_out
-    cdef sp_conv_kernels K = _kernels(dtype)
+    cdef sp_conv_kernels K = _kernels(act)
     cdef int64_t L = K.lanes
     plan = conv_plan(W, algorithm, L, B, C, H, Wd, geo)
     batch_last = plan.batch_last
@@ -288,7 +286,7 @@ def conv2d_forward(X, W, bias=None, stride=1, padding=0, dilation=1, groups=1,
     cdef int64_t tb_n = Tb, tc_n = Tc, tasks = Tb * Tc
     och = W.och
     oc_bounds, n_ic, n_oc = channel_split(W, plan, "fwd", Tc)
-    cdef int itemsize = dtype.itemsize
+    cdef int itemsize = dtype.itemsize  # the scratch buffers are W's dtype
     cdef int64_t per_task = round_up64(sp_conv_fwd_scratch(&geom, n_ic, n_oc) * itemsize)
     buf = scratch(per_task * tasks)
 
@@ -338,9 +336,9 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
     Parameters
     ----------
     X : ndarray, shape (batch, in_channels, H, W) or (in_channels, H, W)
-        The forward input.  ``ml_dtypes.bfloat16`` (with a float32 ``W`` and
-        a bfloat16 ``dY``) is widened to float32 as in :func:`conv2d_forward`:
-        dX is rounded to bfloat16, dW is float32.
+        The forward input: W's dtype, or ``ml_dtypes.bfloat16`` with a
+        float32 ``W`` (and a bfloat16 ``dY``): the bfloat16 kernels, as in
+        :func:`conv2d_forward`.
     W : SparseConvWeight
     dY : ndarray, shape (batch, out_channels, OH, OW) (no batch axis for 3-D X)
         Gradient of the loss with respect to the forward output, of X's dtype.
@@ -358,9 +356,11 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
 
     Returns
     -------
-    dX : ndarray of X's shape, or None
-        ``out_dx``, or a new C-contiguous array.
+    dX : ndarray of X's shape and dtype, or None
+        ``out_dx``, or a new C-contiguous array; bfloat16 for bfloat16 X,
+        rounded to nearest even from float32 sums.
     dW : ndarray, shape (nnz,)
+        Of W's dtype (float32 for bfloat16 X: accumulated in float32).
         Gradient at the stored values, aligned with ``W.data``, so
         ``W.data -= lr * dW`` is an SGD step.
 
@@ -373,26 +373,15 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
     both gradients are recomputed on an exact (slow) path, because the fused
     kernel's border handling is exact only for finite values.
     """
-    Xw = _bf16_input(X, "X", W)
-    if Xw is not None:  # bfloat16: widened, see X above
-        dYw = _bf16_input(dY, "dY", W)
-        if dYw is None:
-            raise TypeError(f"dY has dtype {getattr(dY, 'dtype', type(dY).__name__)} but X has "
-                            f"dtype bfloat16; they must match")
-        if out_dx is not None and not need_input_grad:
-            raise ValueError("out_dx was given but need_input_grad is False (no dX is computed)")
-        dXw, dW = conv2d_backward(Xw, W, dYw, stride, padding, dilation, groups,
-                                  need_input_grad, algorithm, n_threads=n_threads)
-        if dXw is None:
-            return None, dW
-        if out_dx is not None:
-            output_array(out_dx, dXw.shape, X.dtype, "out_dx", (("X", X), ("dY", dY)))
-        return bf16_round(dXw, X.dtype, out_dx), dW
     check_weight_values(W, ("out_dx", out_dx))  # values changed in place, or under out_dx?
     dtype, X4, unbatched, geo = prepare(X, W, stride, padding, dilation, groups, algorithm)
+    act = X4.dtype  # the activations' dtype: W's, or bfloat16
+    low = is_bfloat16(act)
     OH, OW = geo.OH, geo.OW
     cdef int64_t OC = W.shape[0]
-    dYa = as_float_array(dY, "dY", dtype)
+    dYa = as_float_array(dY, "dY", dtype, allow_bf16=low)
+    if low and dYa.dtype != act:
+        raise TypeError(f"dY has dtype {dYa.dtype} but X has dtype bfloat16; they must match")
     cdef int64_t B = X4.shape[0], C = X4.shape[1], H = X4.shape[2], Wd = X4.shape[3]
     want = (OC, OH, OW) if unbatched else (B, OC, OH, OW)
     if dYa.shape != want:
@@ -406,7 +395,7 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
     if out_dx is not None and not need_dx:
         raise ValueError("out_dx was given but need_input_grad is False (no dX is computed)")
     cdef int64_t nnz = W.nnz
-    dX_out = (output_array(out_dx, X4.shape[1:] if unbatched else X4.shape, dtype,
+    dX_out = (output_array(out_dx, X4.shape[1:] if unbatched else X4.shape, act,
                            "out_dx", (("X", X4), ("dY", dY4))) if need_dx else None)
     dX = (dX_out[None] if unbatched else dX_out) if need_dx else None
     if B == 0 or nnz == 0:
@@ -414,7 +403,7 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
             dX_out[...] = 0
         return dX_out, np.zeros(nnz, dtype=dtype)
 
-    cdef sp_conv_kernels K = _kernels(dtype)
+    cdef sp_conv_kernels K = _kernels(act)
     cdef int64_t L = K.lanes
     plan = conv_plan(W, algorithm, L, B, C, H, Wd, geo)
     batch_last = plan.batch_last
@@ -429,7 +418,7 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
     Tb, Tc = task_grid(T, n_units, C)
     cdef int64_t tb_n = Tb, tc_n = Tc, tasks = Tb * Tc
     ic_bounds, n_ic, n_oc = channel_split(W, plan, "bwd", Tc)
-    cdef int itemsize = dtype.itemsize
+    cdef int itemsize = dtype.itemsize  # scratch, dW partials and values: W's dtype
     cdef int64_t per_task = round_up64(sp_conv_bwd_scratch(&geom, n_ic, n_oc, need_dx) * itemsize)
     cdef int64_t part = round_up64(nnz * L * itemsize)
     cdef int64_t vals_bytes = round_up64(nnz * itemsize)
@@ -493,7 +482,13 @@ def conv2d_backward(X, W, dY, stride=1, padding=0, dilation=1, groups=1,
                 red(parts, stride_el, tb_n, L, perm_p, dW_p, k0, k1)
     if not (np.isfinite(dW).all() and np.isfinite(W.data).all()):  # O(nnz)
         # NaN/Inf: the kernel's border pairs are no longer no-ops (see _exact)
-        dX_exact, dW = _exact.conv2d_backward(X4, W, dY4, geo, need_dx)
-        if need_dx:
-            dX[...] = dX_exact
+        if low:  # exact float64 math on the widened values; dX (float32) then rounded
+            dX_exact, dW = _exact.conv2d_backward(bf16_widen(X4), W, bf16_widen(dY4), geo,
+                                                  need_dx)
+            if need_dx:
+                bf16_round(dX_exact, act, dX)
+        else:
+            dX_exact, dW = _exact.conv2d_backward(X4, W, dY4, geo, need_dx)
+            if need_dx:
+                dX[...] = dX_exact
     return dX_out, dW

@@ -223,7 +223,9 @@ def prepare(X, W, stride, padding, dilation, groups, algorithm):
     dtype : numpy.dtype
         W's.
     X4 : ndarray
-        X as a 4-D array of W's dtype (a view with a batch axis of 1 for 3-D X).
+        X as a 4-D array (a view with a batch axis of 1 for 3-D X) of W's
+        dtype, or ``ml_dtypes.bfloat16`` with a float32 W (the bfloat16
+        kernels).
     unbatched : bool
         Whether X was 3-D.
     geo : ConvGeometry
@@ -231,7 +233,7 @@ def prepare(X, W, stride, padding, dilation, groups, algorithm):
     check_weight(W)
     check_algorithm(algorithm)
     dtype = W.dtype
-    Xa = as_float_array(X, "X", dtype)
+    Xa = as_float_array(X, "X", dtype, allow_bf16=True)
     if Xa.ndim not in (3, 4):
         raise ValueError(
             f"X must be 4-D (batch, channels, height, width) or 3-D (channels, height, width); "

@@ -48,9 +48,10 @@ def test_every_isa_is_covered():
 
 
 def test_bf16_kernels_without_the_avx512bf16_extension():
-    # On a CPU with AVX512_BF16 the default run tests the avx512bf16 region; the
-    # plain AVX-512 bfloat16 kernels (integer rounding) are what such a CPU runs
-    # with SPARSEPROP_AVX512BF16=0 and what AVX-512 CPUs without it run.
+    # On a CPU with AVX512_BF16 the default run tests the avx512bf16 (linear)
+    # and avx512ybf16 (conv2d) regions; the plain AVX-512 bfloat16 kernels
+    # (integer rounding) are what such a CPU runs with SPARSEPROP_AVX512BF16=0
+    # and what AVX-512 CPUs without it run.
     names = _config.ISA_NAMES
     if "avx512" not in names or _config.CPU_ISA < names.index("avx512"):
         pytest.skip("no AVX-512 on this CPU: the avx512 bfloat16 kernels are NOT tested here")
@@ -59,9 +60,9 @@ def test_bf16_kernels_without_the_avx512bf16_extension():
                     "avx512 bfloat16 kernels; the avx512bf16 ones are NOT tested here")
     env = dict(os.environ, SPARSEPROP_ISA="avx512", SPARSEPROP_AVX512BF16="0")
     probe = subprocess.run([sys.executable, "-c", "from sparseprop import _config; "
-                            "print(_config.BF16_LINEAR_REGION)"],
+                            "print(_config.BF16_LINEAR_REGION, _config.BF16_CONV_REGION)"],
                            capture_output=True, text=True, env=env, cwd=HERE)
-    assert probe.stdout.strip() == "avx512", probe.stderr
+    assert probe.stdout.strip() == "avx512 avx512y", probe.stderr
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
            "--rootdir", str(HERE.parent), str(HERE / "test_bf16.py")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=HERE)

@@ -112,6 +112,32 @@ def test_bfloat16_input_without_autocast():
         sparse(x.half())
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv2d_bfloat16_input_runs_the_bf16_kernels(channels_last):
+    # bfloat16 kernels compute what the float32 ones compute on the widened
+    # input: the output and the input gradient are those rounded, bit for bit,
+    # and the gradient of the float32 values is the float32 one
+    conv = spt.SparseConv2d(4, 6, 3, padding=1, sparsity=0.5,
+                            generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 4, 7, 16).bfloat16()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(2, 6, 7, 16).bfloat16()
+    grads = []
+    for xin, gin in ((x, g), (x.float(), g.float())):
+        xin = xin.detach().requires_grad_()
+        conv.zero_grad()
+        y = conv(xin)
+        assert y.dtype == xin.dtype
+        y.backward(gin)
+        assert xin.grad.dtype == xin.dtype
+        grads.append((y.detach(), xin.grad, conv.values.grad.clone()))
+    (yb, gxb, gvb), (yf, gxf, gvf) = grads
+    assert torch.equal(yb.view(torch.int16), yf.bfloat16().view(torch.int16))
+    assert torch.equal(gxb.view(torch.int16), gxf.bfloat16().view(torch.int16))
+    assert gvb.dtype == torch.float32 and torch.equal(gvb, gvf)
+
+
 def test_bfloat16_crosses_to_numpy_without_copies():
     t = torch.randn(6, 10).bfloat16()
     for view in (t, t[:, 1:8], t.T, t[::2]):

@@ -428,17 +428,27 @@ static void SP_FN(sp_transpose)(const SP_T* SP_RESTRICT src, int64_t lds,
  * infinity), bit for bit what sp_bf16_round does - except in the AVX512_BF16
  * region, whose vcvtneps2bf16 also flushes subnormal inputs and results to
  * zero (values below 1.2e-38, far under the precision bfloat16 carries). */
-#if SP_CUR_BF16 && SP_VBITS == 256
+#if SP_CUR_BF16 && SP_VBITS == 256 /* avx2, avx512y, avx512ybf16 */
 SP_ALWAYS_INLINE __m256 SP_FN(sp_vload_bf16)(const uint16_t* p)
 {
     const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p));
     return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
 }
-SP_ALWAYS_INLINE void SP_FN(sp_vstore_bf16)(uint16_t* p, __m256 v)
+/* v rounded: 8 bfloat16 in a 128-bit register (sp_vstore_bf16 without the
+ * store, for stores that interleave or mask them) */
+SP_ALWAYS_INLINE __m128i SP_FN(sp_vround_bf16)(__m256 v)
 {
+#if SP_CUR_BF16X
+    return (__m128i)_mm256_cvtneps_pbh(v);
+#else
     const __m256i u = _mm256_castps_si256(v);
     const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
     __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff)));
+#if SP_CUR_ISA == SP_ISA_AVX512
+    const __mmask8 nan = _mm256_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    r = _mm256_mask_mov_epi32(r, nan, _mm256_or_si256(u, _mm256_set1_epi32(0x00400000)));
+    return _mm256_cvtepi32_epi16(_mm256_srli_epi32(r, 16));
+#else
     const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
     const __m256i q = _mm256_or_si256(u, _mm256_set1_epi32(0x00400000));
     r = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(r), _mm256_castsi256_ps(q), nan));
@@ -446,8 +456,28 @@ SP_ALWAYS_INLINE void SP_FN(sp_vstore_bf16)(uint16_t* p, __m256 v)
     /* 8 x u32 < 2^16 -> 8 x u16: packus works per 128-bit lane, then gather
      * the two lanes' low halves */
     const __m256i pk = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
-    _mm_storeu_si128((__m128i*)p, _mm256_castsi256_si128(pk));
+    return _mm256_castsi256_si128(pk);
+#endif
+#endif
 }
+SP_ALWAYS_INLINE void SP_FN(sp_vstore_bf16)(uint16_t* p, __m256 v)
+{
+    _mm_storeu_si128((__m128i*)p, SP_FN(sp_vround_bf16)(v));
+}
+#if SP_CUR_ISA == SP_ISA_AVX512 /* avx512y, avx512ybf16: 16-bit masked moves */
+/* The first m lanes (0 < m <= 8) of p widened, zeros elsewhere (reads only
+ * those); and the first m lanes of v, rounded, stored to p (writes only
+ * those). */
+SP_ALWAYS_INLINE __m256 SP_FN(sp_vmload_bf16)(const uint16_t* p, int64_t m)
+{
+    const __m128i h = _mm_maskz_loadu_epi16((__mmask8)((1u << m) - 1u), p);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+SP_ALWAYS_INLINE void SP_FN(sp_vmstore_bf16)(uint16_t* p, int64_t m, __m256 v)
+{
+    _mm_mask_storeu_epi16(p, (__mmask8)((1u << m) - 1u), SP_FN(sp_vround_bf16)(v));
+}
+#endif
 #elif SP_CUR_BF16 && SP_VBITS == 512
 SP_ALWAYS_INLINE __m512 SP_FN(sp_vload_bf16)(const uint16_t* p)
 {
@@ -472,14 +502,18 @@ SP_ALWAYS_INLINE float32x4_t SP_FN(sp_vload_bf16)(const uint16_t* p)
 {
     return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16));
 }
-SP_ALWAYS_INLINE void SP_FN(sp_vstore_bf16)(uint16_t* p, float32x4_t v)
+SP_ALWAYS_INLINE uint16x4_t SP_FN(sp_vround_bf16)(float32x4_t v)
 {
     const uint32x4_t u = vreinterpretq_u32_f32(v);
     const uint32x4_t odd = vandq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(1));
     const uint32x4_t r = vaddq_u32(u, vaddq_u32(odd, vdupq_n_u32(0x7fff)));
     const uint32x4_t num = vceqq_f32(v, v); /* all ones where v is not NaN */
     const uint32x4_t q = vorrq_u32(u, vdupq_n_u32(0x00400000));
-    vst1_u16(p, vshrn_n_u32(vbslq_u32(num, r, q), 16));
+    return vshrn_n_u32(vbslq_u32(num, r, q), 16);
+}
+SP_ALWAYS_INLINE void SP_FN(sp_vstore_bf16)(uint16_t* p, float32x4_t v)
+{
+    vst1_u16(p, SP_FN(sp_vround_bf16)(v));
 }
 #elif SP_CUR_BF16 && SP_VBITS != 0
 #error "no bfloat16 loads and stores for this region"

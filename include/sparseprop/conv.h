@@ -182,6 +182,7 @@ SP_INLINE void sp_conv_pick_tile(int64_t units, int64_t cv, int maxacc, int* R, 
  * 256-bit vectors in the AVX-512 region (avx512y): see "SIMD width" above. */
 #define SP_FAMILY_IMPL "sparseprop/conv_impl.h"
 #define SP_FAMILY_AVX512 SP_AVX512_Y
+#define SP_FAMILY_BF16 1 /* bfloat16 X, dY, Y, dX; float32 weights and sums */
 #include "sparseprop/instantiate.h"
 
 #define SP_CONV_SET_(dt, isa)                                                      \
@@ -196,6 +197,36 @@ SP_INLINE void sp_conv_pick_tile(int64_t units, int64_t cv, int maxacc, int* R, 
 /* sp_conv_select(isa_level, is_f64): the kernels of an ISA level (already capped by
  * the caller) and dtype (0: float32). */
 SP_DEFINE_SELECT(sp_conv_kernels, sp_conv_select, SP_CONV_SET_, avx512y)
+
+/* The bfloat16 kernels (bfloat16 activations, float32 weights, bias, dW and
+ * sums: conv_impl.h) of an ISA level (already capped by the caller); on the
+ * AVX-512 level, those whose rounding stores use AVX512_BF16 when use_bf16x
+ * (the caller checks sp_cpu_has_avx512bf16).  256-bit vectors there too
+ * (avx512y, avx512ybf16: "SIMD width" above). */
+SP_INLINE sp_conv_kernels sp_conv_select_bf16(int isa, int use_bf16x)
+{
+    sp_conv_kernels k;
+    const int id = sp_isa_id(isa);
+    (void)id, (void)use_bf16x;
+#if SP_X86
+#if SP_X86_BF16X
+    if (id == SP_ISA_AVX512 && use_bf16x)
+        SP_CONV_SET_(bf16, avx512ybf16);
+    else
+#endif
+    if (id == SP_ISA_AVX512)
+        SP_CONV_SET_(bf16, avx512y);
+    else if (id == SP_ISA_AVX2)
+        SP_CONV_SET_(bf16, avx2);
+    else
+#elif SP_ARM64
+    if (id == SP_ISA_NEON)
+        SP_CONV_SET_(bf16, neon);
+    else
+#endif
+        SP_CONV_SET_(bf16, scalar);
+    return k;
+}
 #undef SP_CONV_SET_
 
 #endif /* SPARSEPROP_CONV_H */

@@ -31,6 +31,14 @@ static void SP_FN(sp_conv_bwd)(const sp_conv_bwd_args* a, int64_t u0, int64_t u1
     const int64_t xrs = sh * g->rowlen_x, dyrs = g->rowlen_dy, shift = o0 * g->plane_dy;
     const SP_FN(sp_cw_bwd_tile_t)(*tiles)[SP_CONV_MAX_NC] =
         with_dx ? SP_FN(sp_cw_bwdx_tiles) : SP_FN(sp_cw_bwdw_tiles);
+    /* the direct mode's tiles read X and write dX in place: in a bfloat16
+     * region those widen and round (conv_impl.h) */
+#if SP_CUR_BF16
+    const SP_FN(sp_cw_bwd_tile_t_io)(*dtiles)[SP_CONV_MAX_NC] =
+        with_dx ? SP_FN(sp_cw_bwdx_tiles_io) : SP_FN(sp_cw_bwdw_tiles_io);
+#else
+#define dtiles tiles
+#endif
 
     /* register budget of a tile: the larger one when the task's lists hold
      * fewer than 16 weights on average (see SP_CW_BWD_ACC_FEW) */
@@ -54,9 +62,9 @@ static void SP_FN(sp_conv_bwd)(const sp_conv_bwd_args* a, int64_t u0, int64_t u1
     SP_FN(sp_cw_zero_dy_border)(g, dybuf, o1 - o0);
     for (int64_t u = u0; u < u1; u++) {
         if (!direct)
-            SP_FN(sp_cw_pack_x)(g, (const SP_T*)a->X, a->sxb, a->sxc, a->sxh, u, c0, c1, xbuf,
+            SP_FN(sp_cw_pack_x)(g, (const SP_IOT*)a->X, a->sxb, a->sxc, a->sxh, u, c0, c1, xbuf,
                                 tmp);
-        SP_FN(sp_cw_pack_dy)(g, (const SP_T*)a->dY, a->syb, a->syc, a->syh, u, o0, o1, dybuf);
+        SP_FN(sp_cw_pack_dy)(g, (const SP_IOT*)a->dY, a->syb, a->syc, a->syh, u, o0, o1, dybuf);
         /* row bands outermost: a band's dY rows (all output channels) stay in
          * cache while every input channel of the task reads them */
         for (int64_t rph = 0; rph < sh; rph++) {
@@ -91,10 +99,11 @@ static void SP_FN(sp_conv_bwd)(const sp_conv_bwd_args* a, int64_t u0, int64_t u1
                         if (direct) {
                             /* image row a0*sh + rph - pt, column q0 - pl */
                             const int64_t h = a0 * sh + rph - g->pt, w = q0 - g->pl;
-                            tiles[r - 1][nc - 1](
-                                (const SP_T*)a->X + u * a->sxb + c0 * a->sxc + h * a->sxh + w,
+                            dtiles[r - 1][nc - 1](
+                                (const SP_IOT*)a->X + u * a->sxb + c0 * a->sxc + h * a->sxh + w,
                                 a->sxc,
-                                with_dx ? (SP_T*)a->dX + u * sdb + c0 * sdc + h * g->W + w : NULL,
+                                with_dx ? (SP_IOT*)a->dX + u * sdb + c0 * sdc + h * g->W + w
+                                        : NULL,
                                 sdc, sh * a->sxh, sh * g->W, dybuf, dyrs, dyoff, delta, vals, dwv,
                                 lp, ncls, c1 - c0, 1);
                         } else {
@@ -110,8 +119,9 @@ static void SP_FN(sp_conv_bwd)(const sp_conv_bwd_args* a, int64_t u0, int64_t u1
             }
         }
         if (with_dx && !direct)
-            SP_FN(sp_cw_unpack_dx)(g, (SP_T*)a->dX, u, c0, c1, dxbuf, tmp);
+            SP_FN(sp_cw_unpack_dx)(g, (SP_IOT*)a->dX, u, c0, c1, dxbuf, tmp);
     }
+#undef dtiles
 }
 
 /* dW[perm[k]] = sum over the nparts partial buffers (stride apart) and the

@@ -20,8 +20,8 @@ static void SP_FN(sp_conv_fwd)(const sp_conv_fwd_args* a, int64_t u0, int64_t u1
     SP_T* xbuf = (SP_T*)scratch;
     SP_T* tmp = xbuf + xsize; /* W*U: one packed row */
     SP_T* band = tmp + g->W * U;
-    const SP_T* X = (const SP_T*)a->X;
-    SP_T* Y = (SP_T*)a->Y;
+    const SP_IOT* X = (const SP_IOT*)a->X;
+    SP_IOT* Y = (SP_IOT*)a->Y;
     const SP_T* bias = (const SP_T*)a->bias;
     const SP_T* vals = (const SP_T*)a->vals;
     const int64_t* och = a->och;
@@ -44,7 +44,8 @@ static void SP_FN(sp_conv_fwd)(const sp_conv_fwd_args* a, int64_t u0, int64_t u1
     /* blocking pays from 0.8 sparsity down, with 32 registers (docs/tuning.md,
      * "Conv input channel blocks") */
     const int blocked = icb < ICg;
-    /* streaming stores of sparse tiles straight into a large Y (see conv.h) */
+    /* streaming stores of sparse tiles straight into a large Y (see conv.h;
+     * bfloat16 Y: where float32 Y would be streamed, conv_impl.h) */
     const int stream_y = !g->batch_last &&
                          g->B * OC * OH * OW * (int64_t)sizeof(SP_T) >= SP_CONV_STREAM_MIN_BYTES;
     int streamed = 0;
@@ -79,7 +80,7 @@ static void SP_FN(sp_conv_fwd)(const sp_conv_fwd_args* a, int64_t u0, int64_t u1
                 }
                 for (int64_t o = o0; o < o1; o++) { /* band -> Y */
                     const SP_T* bo = band + (o - o0) * bplane;
-                    SP_T* yrow = Y + ((b0 * OC + o) * OH + p0) * OW;
+                    SP_IOT* yrow = Y + ((b0 * OC + o) * OH + p0) * OW;
                     if (g->batch_last) {
                         SP_FN(sp_cw_from_lanes)(bo, r * OW, rows, yrow, OC * OH * OW);
                         continue;
@@ -94,8 +95,8 @@ static void SP_FN(sp_conv_fwd)(const sp_conv_fwd_args* a, int64_t u0, int64_t u1
                  * task's output channels */
                 for (int64_t q0 = 0; q0 < OW; q0 += NC * cv) {
                     const int nc = (int)SP_MIN((int64_t)NC, (OW - q0) / cv);
-                    SP_T* out = Y + ((b0 * OC + o0) * OH + p0) * OW + q0;
-                    streamed |= SP_FN(sp_cw_fwdrun_tiles)[r - 1][nc - 1](
+                    SP_IOT* out = Y + ((b0 * OC + o0) * OH + p0) * OW + q0;
+                    streamed |= SP_CW_IOTAB(sp_cw_fwdrun_tiles)[r - 1][nc - 1](
                         xbuf, xrs, xoff, p0 * xrs + q0 * U - shift, vals, och + o0,
                         bias ? bias + o0 : NULL, o1 - o0, out, OH * OW, OW, stream_y);
                 }
@@ -104,13 +105,21 @@ static void SP_FN(sp_conv_fwd)(const sp_conv_fwd_args* a, int64_t u0, int64_t u1
             for (int64_t o = o0; o < o1; o++) {
                 const SP_T init = bias ? bias[o] : (SP_T)0;
                 const int64_t k0 = och[o], n = och[o + 1] - k0;
-                SP_T* yplane = Y + (b0 * OC + o) * OH * OW;
+                SP_IOT* yplane = Y + (b0 * OC + o) * OH * OW;
                 /* column tiles right to left: in over-width, a last vector past
                  * the row's end spills into the next row, which a later tile
                  * (the q0 = 0 one, or the next band) overwrites */
                 for (int64_t q0 = (OW - 1) / (NC * cv) * (NC * cv); q0 >= 0; q0 -= NC * cv) {
                     const int nc = (int)SP_MIN((int64_t)NC, (OW - q0 + cv - 1) / cv);
+                    /* fn: into the band buffer; fy: into Y (the same function
+                     * but in a bfloat16 region, where it rounds) */
                     const SP_FN(sp_cw_fwd_tile_t) fn = SP_FN(sp_cw_fwd_tiles)[r - 1][nc - 1];
+#if SP_CUR_BF16
+                    const SP_FN(sp_cw_fwd_tile_t_io) fy =
+                        SP_FN(sp_cw_fwd_tiles_io)[r - 1][nc - 1];
+#else
+#define fy fn
+#endif
                     const int64_t delta = p0 * xrs + q0 * U - shift;
                     if (g->batch_last) {
                         fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init, SP_CW_OVERWRITE,
@@ -118,14 +127,14 @@ static void SP_FN(sp_conv_fwd)(const sp_conv_fwd_args* a, int64_t u0, int64_t u1
                     } else if (q0 + nc * L <= OW) { /* whole vectors: no spill */
                         const int st = stream_y && n <= SP_CONV_STREAM_MAX_NNZ;
                         streamed |= st;
-                        fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init,
+                        fy(xbuf, xrs, xoff + k0, delta, vals + k0, n, init,
                            st ? SP_CW_STREAM_OUT : SP_CW_OVERWRITE, yplane + p0 * OW + q0, OW);
                     } else if ((p0 + r - 1) * OW + q0 + nc * L <= OH * OW) {
                         /* the spill stays inside this plane: later tiles and
                          * bands overwrite it (it may cover more than one row
                          * when OW < L: never let it reach the next plane).
                          * Plain stores: the overwrite must land after them. */
-                        fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init, SP_CW_OVERWRITE,
+                        fy(xbuf, xrs, xoff + k0, delta, vals + k0, n, init, SP_CW_OVERWRITE,
                            yplane + p0 * OW + q0, OW);
                     } else { /* the spill would leave the plane: go through `band` */
                         fn(xbuf, xrs, xoff + k0, delta, vals + k0, n, init, SP_CW_OVERWRITE,
@@ -134,6 +143,7 @@ static void SP_FN(sp_conv_fwd)(const sp_conv_fwd_args* a, int64_t u0, int64_t u1
                             SP_FN(sp_cw_copy)(band + rr * nc * L, OW - q0,
                                               yplane + (p0 + rr) * OW + q0);
                     }
+#undef fy
                 }
                 if (g->batch_last) /* (r*OW, lanes) -> rows p0.. of Y[b0 + lane, o] */
                     SP_FN(sp_cw_from_lanes)(band, r * OW, rows, yplane + p0 * OW, OC * OH * OW);

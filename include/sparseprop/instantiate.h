@@ -16,8 +16,9 @@
  *   SP_AVX512_YZ both (the shared helpers of common.h)
  * SP_FAMILY_BF16 1 (optional) also compiles the family's bfloat16 regions
  * (float32 compute, bfloat16 activations; see simd_begin.h): scalar, and on
- * x86-64 avx2, avx512 and - where the compiler knows the target - avx512bf16
- * (512-bit vectors only); neon on AArch64.
+ * x86-64 avx2 and the family's AVX-512 region(s) - avx512 / avx512y, each
+ * also with AVX512_BF16 where the compiler knows the target (avx512bf16 /
+ * avx512ybf16); neon on AArch64.
  * No include guard: every family header includes this once. */
 #ifndef SP_FAMILY_IMPL
 #error "define SP_FAMILY_IMPL (the implementation header) before including instantiate.h"
@@ -108,6 +109,7 @@
 #include "sparseprop/simd_begin.h"
 #include SP_FAMILY_IMPL
 #include "sparseprop/simd_end.h"
+#if SP_FAMILY_AVX512 & SP_AVX512_Z
 #define SP_CUR_ISA SP_ISA_AVX512
 #define SP_CUR_F64 0
 #define SP_CUR_BF16 1
@@ -122,6 +124,26 @@
 #include "sparseprop/simd_begin.h"
 #include SP_FAMILY_IMPL
 #include "sparseprop/simd_end.h"
+#endif
+#endif
+#if SP_FAMILY_AVX512 & SP_AVX512_Y
+#define SP_CUR_ISA SP_ISA_AVX512
+#define SP_CUR_F64 0
+#define SP_CUR_V256 1
+#define SP_CUR_BF16 1
+#include "sparseprop/simd_begin.h"
+#include SP_FAMILY_IMPL
+#include "sparseprop/simd_end.h"
+#if SP_X86_BF16X
+#define SP_CUR_ISA SP_ISA_AVX512
+#define SP_CUR_F64 0
+#define SP_CUR_V256 1
+#define SP_CUR_BF16 1
+#define SP_CUR_BF16X 1
+#include "sparseprop/simd_begin.h"
+#include SP_FAMILY_IMPL
+#include "sparseprop/simd_end.h"
+#endif
 #endif
 #endif /* SP_X86 */
 #if SP_ARM64

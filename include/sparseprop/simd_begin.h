@@ -35,7 +35,7 @@
  * every vector macro above is the float32 one - but the activations they
  * read and write are bfloat16, kept as uint16_t bits.  Their suffix is bf16,
  * and SP_CUR_BF16X 1 (AVX-512 only) adds the AVX512_BF16 instructions to the
- * target, suffix avx512bf16.  Every region defines the I/O vocabulary:
+ * target, suffix avx512bf16 (avx512ybf16 with SP_CUR_V256: the conv family).  Every region defines the I/O vocabulary:
  *   SP_IOT              element type of activations (SP_T, or uint16_t)
  *   SP_FROMIO(x) SP_TOIO(x)       one element to / from SP_T
  *   SP_VLOADIO(p)       SP_VL activations widened to an SP_V
@@ -57,8 +57,8 @@
 #ifndef SP_CUR_BF16X
 #define SP_CUR_BF16X 0
 #endif
-#if SP_CUR_BF16 && (SP_CUR_F64 || SP_CUR_V256)
-#error "a bfloat16 region computes in float32 with 512-bit AVX-512 vectors"
+#if SP_CUR_BF16 && SP_CUR_F64
+#error "a bfloat16 region computes in float32"
 #endif
 #if SP_CUR_BF16X && (!SP_CUR_BF16 || SP_CUR_ISA != SP_ISA_AVX512 || !SP_X86_BF16X)
 #error "SP_CUR_BF16X: only in a bfloat16 AVX-512 region, with a compiler that knows the target"
@@ -104,6 +104,10 @@
 #if SP_CUR_ISA == SP_ISA_AVX2
 #define SP_X86_TARGET "avx2,fma"
 #define SP_ISA_NAME avx2
+#define SP_VBITS 256
+#elif SP_CUR_V256 && SP_CUR_BF16X
+#define SP_X86_TARGET "avx512f,avx512vl,avx512dq,avx512bw,avx512bf16,avx2,fma"
+#define SP_ISA_NAME avx512ybf16
 #define SP_VBITS 256
 #elif SP_CUR_V256
 #define SP_X86_TARGET "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma"

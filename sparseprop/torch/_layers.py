@@ -182,8 +182,8 @@ class _SparseLayer(nn.Module):
         output - while ``values`` and ``bias`` stay float32 (dense layers cast
         them too: the sparse kernels keep float32 weights, which is at least as
         accurate), and autograd casts the gradients back to each leaf's dtype.
-        bfloat16 runs the bfloat16 kernels (conv2d: widened, see
-        sparseprop.conv2d_forward).  float16 has no kernels: the float16 input
+        bfloat16 runs the bfloat16 kernels (linear and conv2d).  float16 has
+        no kernels: the float16 input
         is widened to float32, the float32 kernels run, the output is rounded
         to float16.  float64 layers and inputs are left alone, as autocast
         leaves float64 ops alone.
@@ -550,12 +550,12 @@ class SparseConv2d(_SparseLayer):
     does), dilation, groups and rectangular kernels.  Inputs may be
     non-contiguous or channels_last; the output is contiguous NCHW.
 
-    Under ``torch.autocast("cpu", dtype=torch.bfloat16 or torch.float16)`` a
-    float32 layer returns the autocast dtype, like ``nn.Conv2d``, but the
-    computation is *widened*: there are no bfloat16 conv kernels yet, so the
-    input is rounded to the autocast dtype, widened to float32, run through
-    the float32 kernels, and the output rounded back.  ``values`` and
-    ``bias`` stay float32.
+    Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` a float32 layer
+    returns bfloat16, like ``nn.Conv2d``, from bfloat16 kernels (bfloat16
+    activations, float32 weights and sums); a bfloat16 input outside autocast
+    runs them too.  Under float16 autocast the input is rounded to float16,
+    widened, run through the float32 kernels and the output rounded to
+    float16 (no float16 kernels).  ``values`` and ``bias`` stay float32.
 
     Parameters
     ----------

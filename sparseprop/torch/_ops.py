@@ -19,8 +19,8 @@ bfloat16.  The ops take a bfloat16 input (and grad_output) with float32
 ``values``: they return a bfloat16 output and input gradient and a float32
 ``grad_values``, as the NumPy API does.  The tensors cross to NumPy as
 zero-copy ``ml_dtypes.bfloat16`` views (``t.view(torch.int16).numpy()``
-reinterpreted; ml_dtypes is needed for bfloat16 only).  The linear op runs
-bfloat16 kernels; the conv2d op is widened to float32 inside the NumPy call.
+reinterpreted; ml_dtypes is needed for bfloat16 only).  Both the linear and
+the conv2d ops run bfloat16 kernels (bfloat16 activations, float32 sums).
 Autocast is the layers' business (``_layers.py``), not the ops'.
 
 Eager fast path.  Calling a custom op that has autograd attached goes through
