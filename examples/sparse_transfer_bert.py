@@ -40,6 +40,9 @@ What it shows
       core, 16 minutes): dense 83.5%, sparse 78.5% (gap 5.0 points): a 3x
       higher recovery rate did not close the gap; training step 1.44x and
       no-grad inference (batch 128) 1.59x faster sparse.
+    * ``--recovery-lr 3e-4 --recovery-epochs 4 --threads 1`` (one core, ~30
+      minutes, the other core partly busy): dense 82.1%, sparse 79.8% (gap
+      2.3 points, the closest yet); training step 1.47x, inference 1.59x.
     * the same at 90% (1 thread): dense 82.9%, sparse 57.6% - it did not
       recover (near chance).  Recovery at 1e-4 is probably too slow here (the
       one-shot runs needed >= 2e-4); not tried yet.
