@@ -190,11 +190,6 @@ def enabled():
     return _limit > 0 and not _bypass
 
 
-def address(ResultBuffer buf):
-    """The first byte's address (for tests of reuse and alignment)."""
-    return <uintptr_t> buf.ptr
-
-
 def data_address(cnp.ndarray arr):
     """The address of ``arr``'s first element: what ``arr.ctypes.data`` gives,
     without building a ctypes object (a tenth of the time, on every call)."""

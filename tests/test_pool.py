@@ -120,6 +120,7 @@ def test_bfloat16_results():
 
 def test_threads_never_share_a_live_block():
     errors = []
+    hits = _pool.stats()["hits"]
 
     def work(k):
         try:
@@ -140,7 +141,7 @@ def test_threads_never_share_a_live_block():
     for t in threads:
         t.join()
     assert errors == []
-    assert _pool.stats()["hits"] > 0
+    assert _pool.stats()["hits"] > hits  # blocks did pass between the threads' arrays
 
 
 def dirty_cache(nbytes_list):
@@ -148,7 +149,9 @@ def dirty_cache(nbytes_list):
     arrs = [sparseprop.empty_aligned((n // 4,)) for n in nbytes_list]
     for a in arrs:
         a[...] = np.nan
+    addrs = {a.ctypes.data for a in arrs if block_of(a) is not None}
     del arrs
+    return addrs
 
 
 def test_kernels_do_not_rely_on_zeroed_results(rng):
@@ -159,13 +162,13 @@ def test_kernels_do_not_rely_on_zeroed_results(rng):
     X = rng.standard_normal((700, 512), dtype=np.float32)
     dY = rng.standard_normal((700, 600), dtype=np.float32)
     for threads in (1, 2):
-        dirty_cache([700 * 600 * 4, 700 * 512 * 4])
+        dirty = dirty_cache([700 * 600 * 4, 700 * 512 * 4])
         Y = sparseprop.linear_forward(X, W, n_threads=threads)
-        assert block_of(Y) is not None
+        assert Y.ctypes.data in dirty  # the result landed in a NaN-filled block
         np.testing.assert_allclose(Y, X @ w.T, rtol=1e-4, atol=1e-4)
-        dirty_cache([700 * 512 * 4])
+        dirty = dirty_cache([700 * 512 * 4])
         dX, _ = sparseprop.linear_backward(X, W, dY, n_threads=threads)
-        assert block_of(dX) is not None
+        assert dX.ctypes.data in dirty
         np.testing.assert_allclose(dX, dY @ w, rtol=1e-4, atol=1e-4)
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
@@ -179,14 +182,15 @@ def test_kernels_do_not_rely_on_zeroed_results(rng):
                                             torch.from_numpy(dYc), stride, 1).numpy()
         for algorithm in ("over_width", "batch_last"):
             for threads in (1, 2):
-                dirty_cache([ref.nbytes, Xc.nbytes])
+                dirty = dirty_cache([ref.nbytes, Xc.nbytes])
                 Y = sparseprop.conv2d_forward(Xc, C, None, stride, 1, algorithm=algorithm,
                                               n_threads=threads)
-                assert (block_of(Y) is not None) == (Y.nbytes >= _pool.MIN_BYTES)
+                assert (Y.ctypes.data in dirty) == (Y.nbytes >= _pool.MIN_BYTES)
                 np.testing.assert_allclose(Y, ref, rtol=1e-4, atol=1e-4)
-                dirty_cache([Xc.nbytes])
+                dirty = dirty_cache([Xc.nbytes])
                 dX, _ = sparseprop.conv2d_backward(Xc, C, dYc, stride, 1,
                                                    algorithm=algorithm, n_threads=threads)
+                assert (dX.ctypes.data in dirty) == (dX.nbytes >= _pool.MIN_BYTES)
                 np.testing.assert_allclose(dX, ref_dx, rtol=1e-4, atol=1e-4)
 
 
